@@ -115,7 +115,8 @@ def ensure_mid_model() -> None:
     ensure_base_model()
     if not _has_checkpoint("mid_checkpoints"):
         _run("scripts.mid_train", "--num-iterations", P.mid_iterations, "--max-seq-len", P.max_seq_len,
-             "--device-batch-size", P.device_batch_size, "--device-type", P.device_type)
+             "--device-batch-size", P.device_batch_size, "--total-batch-size", P.total_batch_size,
+             "--device-type", P.device_type)
 
 
 def ensure_sft_model() -> None:

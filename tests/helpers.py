@@ -1,0 +1,39 @@
+"""Small helpers shared by the tests (importable as `helpers`: pytest puts tests/ on sys.path)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.abspath(os.path.join(REPO_ROOT, "..", "shared", "data"))
+HAVE_SHARED = os.path.isdir(os.path.join(SHARED_DATA, "hf-mirror"))
+SKIP_NO_SHARED = "needs ../shared/data (the offline hub mirror) beside the repo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def run_script(module: str, *args, env: dict | None = None, timeout: float = 600, check: bool = True):
+    """Run `python -m module args...` from the repo root; on failure show its output in the assertion."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    full_env = {**os.environ, "NANOCHAT_NO_PROGRESS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+                             f"\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
