@@ -1,0 +1,70 @@
+"""RL math on hand-computed batches (advantages, token-level PG loss, pass@k), then chat_rl end to end."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from nanochat.posttrain import IGNORE_INDEX, pass_at_k, pg_loss, rl_advantages, rl_batch, token_logprobs
+
+
+def test_advantages_are_reward_minus_group_mean():
+    adv = rl_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # a group where every sample has the same reward carries no signal
+    assert torch.equal(rl_advantages(torch.tensor([1.0, 1.0, 1.0])), torch.zeros(3))
+    # (questions, k): the baseline is per question, not over the whole batch
+    adv2 = rl_advantages(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    assert torch.equal(adv2, torch.tensor([[0.5, -0.5], [0.0, 0.0]]))
+
+
+def test_pg_loss_hand_computed():
+    logp = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -9.0, -9.0]])
+    targets = torch.tensor([[5, 6, IGNORE_INDEX], [7, IGNORE_INDEX, IGNORE_INDEX]])
+    adv = torch.tensor([0.5, -0.5])
+    # objective = 0.5*(-1 - 2) + (-0.5)*(-0.5) = -1.25 over 3 valid tokens; loss = -objective / 3
+    assert pg_loss(logp, targets, adv).item() == pytest.approx(1.25 / 3)
+
+
+def test_pg_loss_gradient_only_on_sampled_tokens():
+    logp = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -9.0, -9.0]], requires_grad=True)
+    targets = torch.tensor([[5, 6, IGNORE_INDEX], [7, IGNORE_INDEX, IGNORE_INDEX]])
+    pg_loss(logp, targets, torch.tensor([0.5, -0.5])).backward()
+    # d loss / d logp = -A_i / N on valid tokens, 0 elsewhere
+    expected = torch.tensor([[-0.5, -0.5, 0.0], [0.5, 0.0, 0.0]]) / 3
+    assert torch.allclose(logp.grad, expected)
+
+
+def test_rl_batch_masks_prompt_and_forced_tokens():
+    # prompt [1, 2], sampled 3, forced tool output 4, sampled 5; a second, shorter sample
+    seqs = [[1, 2, 3, 4, 5], [1, 2, 9]]
+    masks = [[0, 0, 1, 0, 1], [0, 0, 1]]
+    inputs, targets = rl_batch(seqs, masks, pad_id=0)
+    assert inputs.tolist() == [[1, 2, 3, 4], [1, 2, 0, 0]]
+    assert targets.tolist() == [[-1, 3, -1, 5], [-1, 9, -1, -1]]
+
+
+def test_token_logprobs_match_log_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 11)
+    targets = torch.tensor([[1, IGNORE_INDEX, 4], [IGNORE_INDEX, 10, 0]])
+    lp = token_logprobs(logits, targets)
+    ref = torch.log_softmax(logits, -1)
+    assert lp[0, 1] == 0 and lp[1, 0] == 0
+    assert torch.allclose(lp[0, 0], ref[0, 0, 1]) and torch.allclose(lp[1, 1], ref[1, 1, 10])
+
+
+@pytest.mark.parametrize("n,c,k,want", [(4, 1, 1, 0.25), (4, 1, 2, 0.5), (4, 0, 3, 0.0), (4, 4, 1, 1.0),
+                                        (5, 2, 2, 0.7)])
+def test_pass_at_k_hand_values(n, c, k, want):
+    assert pass_at_k(n, c, k) == pytest.approx(want)
+
+
+def test_pass_at_k_equals_enumeration():
+    n, c = 6, 2
+    outcomes = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(outcomes, k))
+        brute = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(brute)
+    assert math.isclose(pass_at_k(n, c, 1), c / n)
