@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every test of the book: set up, then cargo test (rustbpe), pytest (package, scripts, server, browser, website
+# build), and every chapter executed as a notebook under nbval at the `ci` scale.
+# Offline data: if ../shared/data exists, its hub mirror is served on loopback and the fixture datasets are used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+declare -a TIMES=()
+phase() { TIMES+=("$1: $(( $(date +%s) - $2 ))s"); echo "== $1 took $(( $(date +%s) - $2 ))s"; }
+
+t=$(date +%s); bash dev/setup.sh; phase setup "$t"
+export PATH="$PWD/.venv/bin:$HOME/.cargo/bin:$PATH"
+
+SHARED=$(cd .. && pwd)/shared/data
+if [ -d "$SHARED/hf-mirror" ]; then
+  port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python -m http.server "$port" --bind 127.0.0.1 --directory "$SHARED/hf-mirror" >/dev/null 2>&1 &
+  MIRROR_PID=$!
+  trap 'kill $MIRROR_PID 2>/dev/null || true' EXIT
+  export HF_ENDPOINT="http://127.0.0.1:$port"
+  export TIKTOKEN_CACHE_DIR="$SHARED/tiktoken_cache"
+  export NANOCHAT_PRETRAIN_DATASET=nanochat-fixtures/prose-mix NANOCHAT_CHAT_DATASET=nanochat-fixtures/chat-mix
+  export NANOCHAT_IDENTITY_PATH="$SHARED/identity_conversations.jsonl" NANOCHAT_EVAL_BUNDLE="$SHARED/eval_bundle.zip"
+  python - "$port" <<'PY'
+import socket, sys, time
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close(); break
+    except OSError:
+        time.sleep(0.05)
+PY
+  echo "offline hub mirror: $HF_ENDPOINT"
+else
+  echo "note: ../shared/data not found; tests that need the offline data will skip, chapters use the real hub"
+fi
+
+# Chapters build their artifacts from scratch into a fresh folder each run, so stale models never hide a bug.
+export NANOCHAT_BOOK_SCALE=ci NANOCHAT_NO_PROGRESS=1 PYTHONHASHSEED=0 MPLBACKEND=Agg
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nanochat-test.XXXXXX")
+export NANOCHAT_BASE_DIR="$WORK/base"
+
+if [ -f rustbpe/Cargo.toml ]; then
+  t=$(date +%s)
+  CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/nanochat-book/cargo-target} \
+    cargo test -q --manifest-path rustbpe/Cargo.toml
+  phase "cargo test" "$t"
+fi
+
+t=$(date +%s)
+set +e
+python -m pytest -q -p no:cacheprovider --timeout=900 tests "$@"
+rc=$?
+set -e
+phase pytest "$t"
+[ $rc -eq 0 ] || { echo "pytest failed (exit $rc)"; exit $rc; }
+
+t=$(date +%s)
+mkdir -p "$WORK/nb"
+for md in chapters/[0-9][0-9]-*.md; do
+  jupytext -q --to ipynb -o "$WORK/nb/$(basename "${md%.md}").ipynb" "$md"
+done
+set +e
+( cd "$WORK/nb" && python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=600 \
+    --durations=0 -o addopts="" ./*.ipynb )
+rc=$?
+set -e
+phase "nbval (chapters)" "$t"
+[ $rc -eq 0 ] || { echo "nbval failed (exit $rc)"; exit $rc; }
+
+rm -rf "$WORK"
+echo "== timings"; printf '  %s\n' "${TIMES[@]}"; echo "  total: $(( $(date +%s) - T0 ))s"
