@@ -31,5 +31,10 @@ if [ -d rustbpe ]; then
   .venv/bin/python -m pip install -q ./rustbpe
 fi
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# JupyterLab opens the MyST chapters as notebooks by default (jupytext's viewer), not as plain Markdown.
+mkdir -p .venv/share/jupyter/lab/settings
+cat > .venv/share/jupyter/lab/settings/overrides.json <<'JSON'
+{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}
+JSON
 echo "$inputs" > "$stamp"
 echo "setup: done in $(( $(date +%s) - t0 ))s"
