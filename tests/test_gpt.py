@@ -170,10 +170,8 @@ def test_kv_cache_prefill_and_decode_match_full_forward(n_kv_head, cache_kind):
         full = model(x)
         cache = make_cache(cache_kind, cfg, batch_size=2, seq_len=30)
         pieces = [model(x[:, :11], kv_cache=cache)]                 # prefill
-        if cache_kind == "list":
-            pieces.append(model(x[:, 11:16], kv_cache=cache))       # a chunk after a prefix
-        start = 16 if cache_kind == "list" else 11
-        pieces += [model(x[:, t:t + 1], kv_cache=cache) for t in range(start, 30)]   # decode one by one
+        pieces.append(model(x[:, 11:16], kv_cache=cache))           # a chunk after a prefix
+        pieces += [model(x[:, t:t + 1], kv_cache=cache) for t in range(16, 30)]   # decode one by one
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
