@@ -202,3 +202,77 @@ def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: 
     """Muon's momentum warms up from 0.85 to 0.95 over the first 300 steps (as in base training)."""
     frac = min(step / warmup_steps, 1.0)
     return (1 - frac) * start + frac * end
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loop plumbing shared by the three scripts (kept here so each script reads as its training loop)
+# ---------------------------------------------------------------------------------------------------------------
+
+def autocast_ctx(device_type: str):
+    """bf16 autocast on CUDA (matmuls in bf16, reductions in fp32); plain fp32 elsewhere."""
+    from contextlib import nullcontext
+    from nanochat.common import dtype_for
+    dtype = dtype_for(device_type)
+    return torch.amp.autocast(device_type=device_type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def set_initial_lrs(optimizers, init_lr_frac: float):
+    """Scale every group's LR by init_lr_frac (finetuning starts lower than pretraining) and remember it."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * init_lr_frac
+            group["initial_lr"] = group["lr"]
+
+
+def apply_lr(optimizers, lrm: float):
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+
+
+def apply_muon_momentum(optimizers, momentum: float):
+    for opt in optimizers:
+        if "muon" in type(opt).__name__.lower():
+            for group in opt.param_groups:
+                group["momentum"] = momentum
+
+
+def find_last_step(checkpoint_dir: str):
+    """The largest N with model_N.pt in the folder, or None."""
+    import os
+    import re
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    steps = [int(m.group(1)) for f in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"model_(\d+)\.pt", f))]
+    return max(steps) if steps else None
+
+
+def init_wandb(run: str, project: str, config: dict, master: bool):
+    """A wandb run, or DummyWandb when run == 'dummy' or on non-master ranks."""
+    from nanochat.common import DummyWandb
+    if run == "dummy" or not master:
+        return DummyWandb()
+    import wandb
+    return wandb.init(project=project, name=run, config=config)
+
+
+def should_print(step: int, num_steps: int) -> bool:
+    """Every step normally; ~10 lines per run under NANOCHAT_NO_PROGRESS=1 (tests, book subprocesses)."""
+    import os
+    if not os.environ.get("NANOCHAT_NO_PROGRESS"):
+        return True
+    return num_steps <= 0 or step % max(1, num_steps // 10) == 0 or step == num_steps - 1
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m{seconds % 60:02d}s"
+
+
+def make_optimizers(model, **lrs):
+    """The pretraining optimizers (AdamW for embedding/lm_head, Muon for matrices; the Dist* variants under DDP,
+    which average gradients themselves, so no DDP wrapper is needed)."""
+    if hasattr(model, "setup_optimizers"):
+        return model.setup_optimizers(**lrs)
+    from nanochat.muon import setup_optimizers
+    return setup_optimizers(model, **lrs)
