@@ -11,26 +11,8 @@ phase() { TIMES+=("$1: $(( $(date +%s) - $2 ))s"); echo "== $1 took $(( $(date +
 t=$(date +%s); bash dev/setup.sh; phase setup "$t"
 export PATH="$PWD/.venv/bin:$HOME/.cargo/bin:$PATH"
 
-SHARED=$(cd .. && pwd)/shared/data
-if [ -d "$SHARED/hf-mirror" ]; then
-  port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  python -m http.server "$port" --bind 127.0.0.1 --directory "$SHARED/hf-mirror" >/dev/null 2>&1 &
-  MIRROR_PID=$!
-  trap 'kill $MIRROR_PID 2>/dev/null || true' EXIT
-  export HF_ENDPOINT="http://127.0.0.1:$port"
-  export TIKTOKEN_CACHE_DIR="$SHARED/tiktoken_cache"
-  export NANOCHAT_PRETRAIN_DATASET=nanochat-fixtures/prose-mix NANOCHAT_CHAT_DATASET=nanochat-fixtures/chat-mix
-  export NANOCHAT_IDENTITY_PATH="$SHARED/identity_conversations.jsonl" NANOCHAT_EVAL_BUNDLE="$SHARED/eval_bundle.zip"
-  python - "$port" <<'PY'
-import socket, sys, time
-for _ in range(200):
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close(); break
-    except OSError:
-        time.sleep(0.05)
-PY
-  echo "offline hub mirror: $HF_ENDPOINT"
-else
+source dev/offline.sh
+if ! use_offline_data; then
   echo "note: ../shared/data not found; tests that need the offline data will skip, chapters use the real hub"
 fi
 
