@@ -1,0 +1,137 @@
+"""
+Build the book as a website (jupyter-book v1), and say how long it took.
+
+    python dev/build_book.py                      # publishing build: execute chapters (cached), laptop scale
+    python dev/build_book.py --scale ci           # same, at the CI sizes (minutes instead of an hour)
+    python dev/build_book.py --no-execute --strict --out /tmp/site   # the CI form: no execution, -W
+
+`make book` and `make book-ci` call this; tests/test_book_site.py calls `build()`.
+
+Design choices:
+- execution is switched off by handing jupyter-book a copy of _config.yml with `execute_notebooks: off`
+  (`--config`), so there is one config file to maintain and the CI form cannot drift from the real one;
+- offline data: when ../shared/data exists (this project's sandbox), its hub mirror is served on loopback and
+  the fixture datasets are named, exactly like dev/test.sh; elsewhere chapters download from the real hub;
+- the build prints its wall time, and each executed chapter's time (from the jupyter-cache records).
+"""
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+JB = Path(sys.executable).with_name("jupyter-book")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def offline_data(env: dict):
+    """Serve ../shared/data/hf-mirror on loopback and point the chapters at it (no-op when absent)."""
+    mirror = SHARED / "hf-mirror"
+    if not mirror.is_dir() or env.get("HF_ENDPOINT"):
+        yield env
+        return
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(mirror)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield {**env, "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+               "TIKTOKEN_CACHE_DIR": str(SHARED / "tiktoken_cache"),
+               "NANOCHAT_PRETRAIN_DATASET": "nanochat-fixtures/prose-mix",
+               "NANOCHAT_CHAT_DATASET": "nanochat-fixtures/chat-mix",
+               "NANOCHAT_IDENTITY_PATH": str(SHARED / "identity_conversations.jsonl"),
+               "NANOCHAT_EVAL_BUNDLE": str(SHARED / "eval_bundle.zip")}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def write_config(out: Path, execute: bool) -> Path:
+    """A copy of _config.yml with execution on (cache) or off."""
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    if not execute:
+        cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "_config.generated.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def build(out: Path, *, execute: bool = True, strict: bool = False, scale: str = "laptop",
+          full: bool = False, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run `jupyter-book build` into `out`; returns the finished process (stdout+stderr in .stdout)."""
+    out = Path(out).resolve()
+    config = write_config(out, execute)
+    cmd = [str(JB), "build", str(ROOT), "--path-output", str(out), "--config", str(config)]
+    if strict:
+        cmd += ["-W", "--keep-going"]
+    if full:
+        cmd.append("--all")
+    env = {**os.environ, "NANOCHAT_BOOK_SCALE": scale, "NANOCHAT_NO_PROGRESS": "1", "PYTHONHASHSEED": "0",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    with offline_data(env) as env:
+        return subprocess.run(cmd, cwd=ROOT, env=env, text=True, stdout=None if not quiet else subprocess.PIPE,
+                              stderr=subprocess.STDOUT if quiet else None)
+
+
+def executed_times(out: Path) -> dict:
+    """Per-chapter execution seconds recorded by myst-nb in the build environment (empty when not executed)."""
+    times = {}
+    cache = Path(out) / "_build" / ".jupyter_cache"
+    if not cache.is_dir():
+        return times
+    try:
+        from jupyter_cache import get_cache
+        for record in get_cache(str(cache)).list_cache_records():
+            data = record.data or {}
+            uri = Path(record.uri).stem
+            if "execution_seconds" in data:
+                times[uri] = data["execution_seconds"]
+    except Exception as exc:  # the cache format is jupyter-cache's business; timing is a nicety
+        print(f"(could not read execution times: {exc})")
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Build the nanochat book website.")
+    ap.add_argument("--out", default=str(ROOT), help="output folder (the site lands in OUT/_build/html)")
+    ap.add_argument("--scale", default=os.environ.get("NANOCHAT_BOOK_SCALE", "laptop"),
+                    choices=["ci", "laptop", "gpu"], help="NANOCHAT_BOOK_SCALE for executed chapters")
+    ap.add_argument("--no-execute", action="store_true", help="render chapters without running them (CI)")
+    ap.add_argument("--strict", action="store_true", help="warnings are errors (-W --keep-going)")
+    ap.add_argument("--all", action="store_true", help="rebuild every page, not only changed ones")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    proc = build(Path(args.out), execute=not args.no_execute, strict=args.strict, scale=args.scale, full=args.all)
+    dt = time.time() - t0
+    html = Path(args.out).resolve() / "_build" / "html" / "index.html"
+    mode = "no execution" if args.no_execute else f"executed at scale={args.scale}"
+    for name, secs in sorted(executed_times(Path(args.out)).items()):
+        print(f"  {name:28s} {secs / 60:6.1f} min")
+    print(f"book built in {dt / 60:.1f} min ({dt:.0f} s), {mode}, on {os.cpu_count()} CPU cores: "
+          f"{'ok' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} -> {html}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
