@@ -70,6 +70,10 @@ def write_config(out: Path, execute: bool) -> Path:
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     if not execute:
         cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+    # jupyter-book resolves local extension folders against the config file's folder: pin them to the repo.
+    local = (cfg.get("sphinx") or {}).get("local_extensions") or {}
+    for name, folder in local.items():
+        local[name] = str((ROOT / folder).resolve())
     out.mkdir(parents=True, exist_ok=True)
     path = out / "_config.generated.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
