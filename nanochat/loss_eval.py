@@ -33,7 +33,7 @@ def evaluate_bpb(model, batches, steps, token_bytes):
         loss = model(x, y, loss_reduction="none").view(-1)      # (B*T,) nats per target token
         y = y.reshape(-1)
         valid = y >= 0
-        nbytes = torch.where(valid, token_bytes[y.clamp(min=0)], torch.zeros_like(y))
+        nbytes = torch.where(valid, token_bytes[y.clamp(min=0)].to(y.dtype), torch.zeros_like(y))
         counted = nbytes > 0                                      # real text, not specials / padding
         total_nats += (loss.double() * counted).sum()
         total_bytes += nbytes.sum().to(torch.int64)
