@@ -244,8 +244,9 @@ class Engine:
     for sampled tokens and 0 for tokens forced by the tool. `generate_batch` collects whole sequences.
     """
 
-    def __init__(self, model, tokenizer, fast=None):
+    def __init__(self, model, tokenizer, fast=None, compile=False):
         self.model = model
+        self.compile = compile    # fast path only: torch.compile the decode step too (a minute of compiling)
         self.tokenizer = tokenizer
         device = _model_device(model)
         # the static CUDA-graph decoder pays off on GPU only; on CPU the plain path is as fast and simpler
@@ -291,52 +292,54 @@ class Engine:
         stop_ids = {t for t in (self._special("<|assistant_end|>"), self._special("<|bos|>")) if t is not None}
 
         dims = self._cache_dims()
+        # 1) prefill the prompt once, at batch 1. (autocast is entered per model call, never held across a
+        #    `yield`: the caller's code between steps must not run under our autocast, nor ours under theirs)
+        prefill_cache = KVCache(batch_size=1, seq_len=len(tokens), **dims)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
         with self._autocast(device):
-            # 1) prefill the prompt once, at batch 1
-            prefill_cache = KVCache(batch_size=1, seq_len=len(tokens), **dims)
-            ids = torch.tensor([tokens], dtype=torch.long, device=device)
-            logits = self.model(ids, kv_cache=prefill_cache)[:, -1, :]         # (1, V)
-            logits = logits.expand(num_samples, -1)                               # each row samples its own
-            # 2) copy the prompt's keys/values into num_samples rows
-            step = self._decoder(num_samples, len(tokens) + budget, prefill_cache, dims)
+            logits = self.model(ids, kv_cache=prefill_cache)[:, -1, :]             # (1, V)
+        logits = logits.expand(num_samples, -1)                                   # each row samples its own
+        # 2) copy the prompt's keys/values into num_samples rows
+        step = self._decoder(num_samples, len(tokens) + budget, prefill_cache, dims)
 
-            rows = [RowState(tokens) for _ in range(num_samples)]
-            generated = 0
-            while generated < budget and not all(r.completed for r in rows):
-                sampled = sample_next_token(logits, rng, temperature, top_k)[:, 0].tolist()
-                token_column, token_masks = [], []
-                for i, row in enumerate(rows):
-                    forced = len(row.forced_tokens) > 0
-                    tok = row.forced_tokens.popleft() if forced else sampled[i]
-                    token_column.append(tok)
-                    token_masks.append(0 if forced else 1)
-                    row.current_tokens.append(tok)
-                    if tok in stop_ids:
-                        row.completed = True
-                    # the tool-use state machine
-                    if tok == python_start and python_start is not None:
-                        row.in_python_block, row.python_expr_tokens = True, []
-                    elif tok == python_end and row.in_python_block:
-                        row.in_python_block = False
-                        result = use_calculator(self.tokenizer.decode(row.python_expr_tokens))
-                        if result is not None and output_start is not None:
-                            row.forced_tokens.append(output_start)
-                            row.forced_tokens.extend(self.tokenizer.encode(str(result)))
-                            row.forced_tokens.append(output_end)
-                        row.python_expr_tokens = []
-                    elif row.in_python_block:
-                        row.python_expr_tokens.append(tok)
-                yield token_column, token_masks
-                generated += 1
-                if generated >= budget or all(r.completed for r in rows):
-                    break
+        rows = [RowState(tokens) for _ in range(num_samples)]
+        generated = 0
+        while generated < budget and not all(r.completed for r in rows):
+            sampled = sample_next_token(logits, rng, temperature, top_k)[:, 0].tolist()
+            token_column, token_masks = [], []
+            for i, row in enumerate(rows):
+                forced = len(row.forced_tokens) > 0
+                tok = row.forced_tokens.popleft() if forced else sampled[i]
+                token_column.append(tok)
+                token_masks.append(0 if forced else 1)
+                row.current_tokens.append(tok)
+                if tok in stop_ids:
+                    row.completed = True
+                # the tool-use state machine
+                if tok == python_start and python_start is not None:
+                    row.in_python_block, row.python_expr_tokens = True, []
+                elif tok == python_end and row.in_python_block:
+                    row.in_python_block = False
+                    result = use_calculator(self.tokenizer.decode(row.python_expr_tokens))
+                    if result is not None and output_start is not None:
+                        row.forced_tokens.append(output_start)
+                        row.forced_tokens.extend(self.tokenizer.encode(str(result)))
+                        row.forced_tokens.append(output_end)
+                    row.python_expr_tokens = []
+                elif row.in_python_block:
+                    row.python_expr_tokens.append(tok)
+            yield token_column, token_masks
+            generated += 1
+            if generated >= budget or all(r.completed for r in rows):
+                break
+            with self._autocast(device):
                 logits = step(torch.tensor(token_column, dtype=torch.long, device=device))
 
     def _decoder(self, batch, max_len, prefill_cache, dims):
         """A function (B,) next ids -> (B, V) logits that advances the cache by one position."""
         if self.fast:
             if self._static is None:
-                self._static = StaticDecoder(self.model)
+                self._static = StaticDecoder(self.model, compile=self.compile)
             return self._static.start(batch, max_len, prefill_cache)
         cache = KVCache(batch_size=batch, seq_len=max_len, **dims)
         cache.prefill(prefill_cache)
@@ -391,13 +394,17 @@ class StaticDecoder:
         needed = ("transformer", "lm_head", "cos", "sin", "softcap")
         return all(hasattr(model, n) for n in needed) and hasattr(model.transformer, "h")
 
-    def __init__(self, model, dtype=torch.bfloat16, use_graphs=None):
+    def __init__(self, model, dtype=torch.bfloat16, use_graphs=None, compile=False):
         self.model = model
+        # optional: let Inductor fuse the ~20 small elementwise kernels per layer (one compile, dynamic shapes)
+        self._run = torch.compile(self._forward) if compile else self._forward
         self.device = _model_device(model)
         self.dtype = dtype
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
         c = model.config
         self.L, self.H, self.Hkv, self.D = c.n_layer, c.n_head, c.n_kv_head, c.n_embd // c.n_head
+        self.gqa = bool(self.H != self.Hkv)
+        self._rot_masks = None
         self.B = self.T_cap = None
         self.graphs = {}
         self.weights = None
@@ -444,7 +451,7 @@ class StaticDecoder:
         bucket = min(self.T_cap, (self.host_pos // self.bucket_size + 1) * self.bucket_size)
         self.ids.copy_(ids)
         if not self.use_graphs:
-            out = self._forward(bucket)
+            out = self._run(bucket)
         else:
             if bucket not in self.graphs:
                 self.graphs[bucket] = self._capture(bucket)
@@ -458,40 +465,55 @@ class StaticDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):           # warm up (cuBLAS workspaces) off the capture
-            self._forward(bucket)
+            self._run(bucket)
         torch.cuda.current_stream().wait_stream(stream)
         self.pos.copy_(saved)                     # the warm-up advanced it; its cache writes get overwritten
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._forward(bucket)
+            out = self._run(bucket)
         self.pos.copy_(saved)                     # capture records, it does not run; be explicit anyway
         return graph, out
+
+    def _rotation(self, pos):
+        """RoPE at position `pos` as one (D, D) matrix R, so that rotate(x) = x @ R: one matmul per layer instead
+        of seven elementwise kernels. R[i, i] = R[i+d, i+d] = cos_i, R[i, i+d] = sin_i, R[i+d, i] = -sin_i."""
+        D, d = self.D, self.D // 2
+        cos = self.model.cos[0, :, 0].index_select(0, pos).view(d)           # (d,)
+        sin = self.model.sin[0, :, 0].index_select(0, pos).view(d)
+        if self._rot_masks is None:
+            eye = torch.eye(D, device=self.device)
+            swap = torch.zeros(D, D, device=self.device)
+            swap[torch.arange(d), torch.arange(d) + d] = 1.0                  # x_i contributes +sin to out_{i+d}
+            swap[torch.arange(d) + d, torch.arange(d)] = -1.0                 # x_{i+d} contributes -sin to out_i
+            self._rot_masks = (eye, swap)
+        eye, swap = self._rot_masks
+        return (eye * torch.cat([cos, cos]) + swap * torch.cat([sin, sin])).to(self.dtype)
 
     def _forward(self, bucket):
         """One token for every row: reads self.ids and self.pos, writes the caches, advances self.pos."""
         m, H, Hkv, D, dt = self.model, self.H, self.Hkv, self.D, self.dtype
         B = self.ids.size(0)
         pos = self.pos.view(1)
-        cos = m.cos[0].index_select(0, pos).view(1, 1, D // 2).to(dt)     # (1, 1, D/2)
-        sin = m.sin[0].index_select(0, pos).view(1, 1, D // 2).to(dt)
-        valid = (torch.arange(bucket, device=self.device) <= self.pos).view(1, 1, 1, bucket)
+        R = self._rotation(pos)                                                # (D, D), shared by all layers
+        # additive mask over the bucket, built once per step: 0 up to pos, -inf after
+        keep = torch.arange(bucket, device=self.device) <= self.pos
+        mask = torch.zeros(bucket, dtype=dt, device=self.device).masked_fill(~keep, float("-inf"))
+        mask = mask.view(1, 1, 1, bucket)
         x = F.rms_norm(m.transformer.wte(self.ids).float(), (m.config.n_embd,))           # (B, C) fp32
         for i, w in enumerate(self.weights):
             h = F.rms_norm(x, (x.size(-1),)).to(dt)
-            qkv = h @ w["qkv"].t()                                        # (B, (H + 2 Hkv) D)
-            qk = qkv[:, :(H + Hkv) * D].view(B, H + Hkv, D)
+            qkv = h @ w["qkv"].t()                                            # (B, (H + 2 Hkv) D)
+            qk = qkv[:, :(H + Hkv) * D].view(B, H + Hkv, D) @ R              # rotary on q and k at once
+            qk = F.rms_norm(qk, (D,))                                         # QK-norm
             v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
-            x1, x2 = qk[..., :D // 2], qk[..., D // 2:]
-            qk = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-            qk = F.rms_norm(qk, (D,))
-            q, k = qk[:, :H, None, :], qk[:, H:, None, :]                  # (B, H, 1, D), (B, Hkv, 1, D)
+            q, k = qk[:, :H, None, :], qk[:, H:, None, :]                      # (B, H, 1, D), (B, Hkv, 1, D)
             self.k_cache[i].index_copy_(2, pos, k)
             self.v_cache[i].index_copy_(2, pos, v)
             kc, vc = self.k_cache[i, :, :, :bucket], self.v_cache[i, :, :, :bucket]
-            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid, enable_gqa=H != Hkv)   # (B, H, 1, D)
-            x = x + (y.reshape(B, H * D) @ w["proj"].t()).float()
+            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, 1, D)
+            x.add_(y.reshape(B, H * D) @ w["proj"].t())                       # bf16 into the fp32 stream
             h = F.rms_norm(x, (x.size(-1),)).to(dt)
-            x = x + (F.relu(h @ w["fc"].t()).square() @ w["down"].t()).float()
+            x.add_(F.relu(h @ w["fc"].t()).square() @ w["down"].t())
         logits = (F.rms_norm(x, (x.size(-1),)).to(dt) @ self.lm_head.t()).float()
         self.pos.add_(1)
         return m.softcap * torch.tanh(logits / m.softcap)
