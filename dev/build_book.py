@@ -16,8 +16,8 @@ Design choices:
 """
 import argparse
 import contextlib
-import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -92,9 +92,19 @@ def build(out: Path, *, execute: bool = True, strict: bool = False, scale: str =
         cmd.append("--all")
     env = {**os.environ, "NANOCHAT_BOOK_SCALE": scale, "NANOCHAT_NO_PROGRESS": "1", "PYTHONHASHSEED": "0",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    lines = []
     with offline_data(env) as env:
-        return subprocess.run(cmd, cwd=ROOT, env=env, text=True, stdout=None if not quiet else subprocess.PIPE,
-                              stderr=subprocess.STDOUT if quiet else None)
+        # Stream the log (a laptop-scale build runs for a long time) and keep it to find failed chapters.
+        with subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if not quiet:
+                    print(line, end="", flush=True)
+    log = re.sub(r"\x1b\[[0-9;]*m", "", "".join(lines))  # drop terminal colours before matching
+    failed = sorted(set(re.findall(r"(\S+\.(?:md|ipynb)): WARNING: Executing notebook failed", log)))
+    rc = proc.returncode or (1 if failed else 0)
+    return subprocess.CompletedProcess(cmd, rc, stdout=log, stderr=failed)
 
 
 def executed_times(out: Path) -> dict:
@@ -132,6 +142,8 @@ def main(argv=None) -> int:
     mode = "no execution" if args.no_execute else f"executed at scale={args.scale}"
     for name, secs in sorted(executed_times(Path(args.out)).items()):
         print(f"  {name:28s} {secs / 60:6.1f} min")
+    for path in proc.stderr:
+        print(f"  FAILED to execute: {path} (its page has no outputs; the traceback is in the log above)")
     print(f"book built in {dt / 60:.1f} min ({dt:.0f} s), {mode}, on {os.cpu_count()} CPU cores: "
           f"{'ok' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} -> {html}")
     return proc.returncode
