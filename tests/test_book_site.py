@@ -62,7 +62,9 @@ def bib_keys() -> set[str]:
 
 def test_toc_lists_exactly_the_chapters_that_exist():
     listed = [f for _, f in toc_files() if f.startswith("chapters/")]
-    assert listed == existing_chapters(), "update _toc.yml: it must list every chapters/NN-*.md, in order"
+    have = existing_chapters()
+    assert listed == have, (f"update _toc.yml: add {sorted(set(have) - set(listed))}, "
+                            f"remove {sorted(set(listed) - set(have))}, keep chapter order")
     for caption, f in toc_files():
         if f.startswith("chapters/"):
             n = int(Path(f).name[:2])
@@ -283,6 +285,10 @@ def test_browser_walks_every_page(site, tmp_path):
                 elif frag and page.endswith(".html") and urllib.parse.unquote(frag) not in _ids(html):
                     problems.append(f"{url}: link to a missing anchor {link}")
             md = ROOT / (urllib.parse.urlparse(url).path.lstrip("/").removesuffix(".html") + ".md")
+            if md.parent.name == "chapters":
+                boxes = browser.js("document.querySelectorAll('div.run-it-yourself').length")
+                if boxes != 1:
+                    problems.append(f"{url}: {boxes} 'Run it yourself' boxes (want exactly 1)")
             n_cells = len(re.findall(r"^```\{code-cell\}", md.read_text(), flags=re.M)) if md.exists() else 0
             if n_cells:
                 rendered = browser.js("Array.from(document.querySelectorAll('div.cell div.cell_input pre'))"
