@@ -238,12 +238,12 @@ def apply_muon_momentum(optimizers, momentum: float):
 
 
 def find_last_step(checkpoint_dir: str):
-    """The largest N with model_N.pt in the folder, or None."""
+    """The largest completely saved step in the folder (its meta_N.json exists: written last), or None."""
     import os
     import re
     if not os.path.isdir(checkpoint_dir):
         return None
-    steps = [int(m.group(1)) for f in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"model_(\d+)\.pt", f))]
+    steps = [int(m.group(1)) for f in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"meta_(\d+)\.json", f))]
     return max(steps) if steps else None
 
 

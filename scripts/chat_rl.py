@@ -19,7 +19,8 @@ Design choices (as nanochat, October 2025) -- GRPO with the parts a 0/1 reward o
 Examples:
     python -m scripts.chat_rl --device-type cpu --num-iterations 4 --examples-per-step 4 --num-samples 4
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_rl
-Cost (d20 on 8xH100, upstream): about 1.5 hours for one epoch of GSM8K train (467 steps of 16 x 16 samples).
+Cost: one epoch of GSM8K train is 467 steps of 16 questions x 16 samples; sampling dominates (on CPU, a depth-2
+model needs seconds per step even with 2 questions x 4 samples of 48 tokens).
 """
 import argparse
 import json
@@ -70,8 +71,14 @@ def question_indices(step: int, per_rank: int, rank: int, world: int, n: int):
 
 
 def sample_group(engine, tokenizer, task, conversation, num_samples, chunk, seed, **gen):
-    """k samples for one question: (sequences, masks, rewards, prompt_len). Sampling runs `chunk` rows at a time."""
+    """k samples for one question: (sequences, masks, rewards, prompt_len). Sampling runs `chunk` rows at a time.
+
+    None if the prompt leaves no room to answer in the model's context (a question longer than a tiny model's
+    context is skipped, not cropped: a cropped question has no answer to reward).
+    """
     prompt = tokenizer.render_for_completion(conversation)
+    if len(prompt) + 8 > engine.model.config.sequence_len:
+        return None
     seqs, masks = [], []
     for c, start in enumerate(range(0, num_samples, chunk)):
         out, m = engine.generate_batch(prompt, num_samples=min(chunk, num_samples - start), seed=seed + c, **gen)
@@ -87,8 +94,8 @@ def evaluate_pass_at_k(engine, tokenizer, task, n_examples, n_samples, chunk, ra
     n_examples = min(n_examples, len(task)) if n_examples > 0 else len(task)
     sums = torch.zeros(n_samples + 1, dtype=torch.float64, device=device)   # [count, pass@1..pass@n]
     for i in range(rank, n_examples, world):
-        _, _, rewards, _ = sample_group(engine, tokenizer, task, task[i], n_samples, chunk, seed=1_000_003 * (i + 1),
-                                        **gen)
+        group = sample_group(engine, tokenizer, task, task[i], n_samples, chunk, seed=1_000_003 * (i + 1), **gen)
+        rewards = group[2] if group is not None else torch.zeros(n_samples)   # too long to answer: counts as wrong
         c = int((rewards > 0.5).sum())
         sums[0] += 1
         for k in range(1, n_samples + 1):
@@ -186,10 +193,12 @@ def main(argv=None):
             # 1) the policy samples a group of answers (no gradients), 2) we score them, 3) one backward per pass
             model.eval()
             with autocast:
-                seqs, masks, rewards, _ = sample_group(engine, tokenizer, train_task, train_task[idx],
-                                                       args.num_samples, chunk,
-                                                       seed=(step * 1_000_003 + idx) % 2**31, **gen)
+                group = sample_group(engine, tokenizer, train_task, train_task[idx], args.num_samples, chunk,
+                                     seed=(step * 1_000_003 + idx) % 2**31, **gen)
             model.train()
+            if group is None:
+                continue
+            seqs, masks, rewards, _ = group
             advantages = rl_advantages(rewards).to(device)
             all_rewards.append(rewards)
             for p0 in range(0, len(seqs), chunk):
@@ -200,6 +209,9 @@ def main(argv=None):
                 loss = pg_loss(logp, targets, advantages[p0:p0 + chunk]) / (passes * per_rank)
                 loss.backward()
                 n_sampled += int((targets >= 0).sum())
+        if not all_rewards:   # every question skipped: a zero gradient keeps the ranks' optimizers in step
+            (sum(p.sum() for p in model.parameters()) * 0.0).backward()
+            all_rewards.append(torch.zeros(1))
         lrm = lr_multiplier_linear(step, n_steps)
         apply_lr(optimizers, lrm)
         for opt in optimizers:

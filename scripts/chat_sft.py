@@ -11,7 +11,8 @@ Design choices (as nanochat, October 2025):
   few hundred SpellingBee questions; validation loss on SmolTalk test
 - rows padded with <|assistant_end|> (any id works: padded positions have target -1 and are ignored)
 - one epoch by default; LR starts at 2% of base training's (--init-lr-frac 0.02) and decays linearly to 0
-- 32 conversations per step (--target-examples-per-step), gradient accumulation fills it from the micro-batches
+- 32 conversations per step on the speedrun (4 per GPU x 8); --target-examples-per-step adds gradient
+  accumulation on fewer GPUs
 - the data order is a pure function of the step, so --resume is exact without saving a cursor
 - not compiled: every batch has its own length, and recompiling per shape would cost more than it saves
 - before and after training the run answers the same few prompts (greedy), so the change is visible in the log
@@ -20,7 +21,8 @@ Design choices (as nanochat, October 2025):
 Examples:
     python -m scripts.chat_sft --device-type cpu --num-iterations 30 --device-batch-size 8
     torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft -- --device-batch-size 4
-Cost (d20 on 8xH100, upstream's report): a few minutes for one epoch (~700 steps of 32 conversations).
+Cost: one epoch of the mixture is ~700 steps of 32 conversations; at ci scale (depth 2, CPU) a step of 8
+conversations of <=256 tokens takes about a second on an idle 2-core machine.
 """
 import argparse
 import os
@@ -51,8 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--num-iterations", type=int, default=-1, help="-1 = --num-epochs over the mixture")
     p.add_argument("--num-epochs", type=int, default=1)
     p.add_argument("--device-batch-size", type=int, default=4, help="conversations per micro-batch per rank")
-    p.add_argument("--target-examples-per-step", type=int, default=32)
-    p.add_argument("--max-seq-len", type=int, default=2048, help="conversations are cropped to this many tokens")
+    p.add_argument("--target-examples-per-step", type=int, default=-1,
+                   help="conversations per optimizer step; -1 = one micro-batch per rank (upstream's 32 = 4 x 8 GPUs)")
+    p.add_argument("--max-seq-len", type=int, default=-1,
+                   help="conversations are cropped to this many tokens (-1 = the model's context)")
     p.add_argument("--unembedding-lr", type=float, default=0.004)
     p.add_argument("--embedding-lr", type=float, default=0.2)
     p.add_argument("--matrix-lr", type=float, default=0.02)
@@ -61,7 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps (-1 = at the end)")
     p.add_argument("--eval-steps", type=int, default=100, help="micro-batches per validation")
     p.add_argument("--eval-tasks", default="ARC-Easy|MMLU", help="chat_eval tasks after training ('' = none)")
-    p.add_argument("--eval-max-problems", type=int, default=1024, help="per task, after training (-1 = all)")
+    p.add_argument("--eval-max-problems", type=int, default=-1,
+                   help="problems per task after training; -1 = 1024 on CUDA, 32 elsewhere (a CPU run is a demo: "
+                        "scripts.chat_eval gives the full numbers); 0 = skip")
     p.add_argument("--save-every", type=int, default=-1)
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
@@ -123,8 +129,12 @@ def main(argv=None):
     if resume_step is not None:
         model, tokenizer, meta = load_model("sft", device, phase="train", model_tag=model_tag, step=resume_step)
 
+    if args.max_seq_len < 0:
+        args.max_seq_len = model.config.sequence_len
     B = args.device_batch_size
     per_micro = B * world
+    if args.target_examples_per_step < 0:
+        args.target_examples_per_step = per_micro
     assert args.target_examples_per_step % per_micro == 0, \
         f"--target-examples-per-step {args.target_examples_per_step} not a multiple of B*world={per_micro}"
     grad_accum = args.target_examples_per_step // per_micro
@@ -134,7 +144,7 @@ def main(argv=None):
     nparams = sum(p.numel() for p in model.parameters())
     print0(f"model {model_tag} ({args.source}): {nparams:,} params | world {world} | {len(train_ds):,} train "
            f"conversations | {args.target_examples_per_step} per step = {grad_accum} micro-step(s) x {B} x "
-           f"{world} rank(s) | {n_steps} steps")
+           f"{world} rank(s) | rows cropped to {args.max_seq_len} tokens | {n_steps} steps")
 
     optimizers = make_optimizers(model, unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                  matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
@@ -247,7 +257,9 @@ def run_chat_metrics(model, tokenizer, args) -> dict:
     from nanochat.engine import Engine
     model.eval()
     engine = Engine(model, tokenizer)
-    max_problems = None if args.eval_max_problems < 0 else args.eval_max_problems
+    max_problems = args.eval_max_problems
+    if max_problems < 0:
+        max_problems = 1024 if model.get_device().type == "cuda" else 32
     results = {}
     with autocast_ctx(model.get_device().type):
         for task in tasks:

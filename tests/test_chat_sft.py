@@ -48,3 +48,65 @@ def test_loss_ignores_masked_positions():
     other = logits.clone()
     other[0, 0] += 100.0
     assert sft_loss(logits, ta).item() == pytest.approx(sft_loss(other, ta).item())
+
+
+# ---- the chat renderer's mask on hand-made conversations -----------------------------------------------------------
+
+def test_render_mask_hand_made(tiny_tokenizer, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tiny_tokenizer))
+    from nanochat.tokenizer import get_tokenizer
+    tok = get_tokenizer()
+    s = tok.encode_special
+    conv = {"messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "It is "},
+                                          {"type": "python", "text": "2+2"},
+                                          {"type": "python_output", "text": "4"},
+                                          {"type": "text", "text": "4."}]},
+        {"role": "user", "content": "thanks"},
+        {"role": "assistant", "content": "ok"},
+    ]}
+    ids, mask = tok.render_conversation(conv)
+    e = tok.encode
+    want = [(tok.get_bos_token_id(), 0), (s("<|user_start|>"), 0), *[(t, 0) for t in e("2+2?")], (s("<|user_end|>"), 0),
+            (s("<|assistant_start|>"), 0), *[(t, 1) for t in e("It is ")],
+            (s("<|python_start|>"), 1), *[(t, 1) for t in e("2+2")], (s("<|python_end|>"), 1),
+            (s("<|output_start|>"), 0), *[(t, 0) for t in e("4")], (s("<|output_end|>"), 0),
+            *[(t, 1) for t in e("4.")], (s("<|assistant_end|>"), 1),
+            (s("<|user_start|>"), 0), *[(t, 0) for t in e("thanks")], (s("<|user_end|>"), 0),
+            (s("<|assistant_start|>"), 0), *[(t, 1) for t in e("ok")], (s("<|assistant_end|>"), 1)]
+    assert ids == [t for t, _ in want] and mask == [m for _, m in want]
+    # what SFT trains on, decoded: exactly the assistant's words, its tool call and its end-of-turn tokens
+    _, targets = sft_collate([(ids, mask)], pad_id=0)
+    kept = [t for t in targets[0].tolist() if t != IGNORE_INDEX]
+    assert tok.decode(kept) == "It is <|python_start|>2+2<|python_end|>4.<|assistant_end|>ok<|assistant_end|>"
+
+
+# ---- end to end: the real script, 3 steps at depth 2 on CPU, then an exact resume ----------------------------------
+
+import os
+import shutil
+
+from helpers import run_script
+
+SFT_ARGS = ["--num-iterations", 3, "--device-batch-size", 2, "--target-examples-per-step", 4, "--max-seq-len", 128,
+            "--eval-every", 2, "--eval-steps", 2, "--save-every", 2, "--eval-max-problems", 4,
+            "--device-type", "cpu"]
+
+
+def test_chat_sft_runs_and_resumes_exactly(tiny_sft_checkpoint, tmp_path):
+    for f in ("tokenizer", "mid_checkpoints"):
+        shutil.copytree(tiny_sft_checkpoint / f, tmp_path / f)
+    env = {"NANOCHAT_BASE_DIR": str(tmp_path)}
+    out = run_script("scripts.chat_sft", *SFT_ARGS, env=env).stdout
+    assert "2 micro-step(s)" in out and "[before SFT]" in out and "[after SFT]" in out and "val loss" in out
+    ckpt = tmp_path / "chatsft_checkpoints" / "d2"
+    first = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for f in ("model_000003.pt", "meta_000003.json", "optim_000003_rank0.pt"):
+        os.remove(ckpt / f)
+    out = run_script("scripts.chat_sft", *SFT_ARGS, "--resume", env=env).stdout
+    assert "resumed from" in out and "at step 2" in out
+    again = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for k in first:
+        assert torch.equal(first[k], again[k]), k
+    assert (tmp_path / "report" / "chat-sft.md").exists()

@@ -45,3 +45,40 @@ def test_lr_multiplier_mid():
     assert lr_multiplier_mid(0.0) == 1.0 and lr_multiplier_mid(0.79) == 1.0
     assert lr_multiplier_mid(0.9) == pytest.approx(0.5)
     assert lr_multiplier_mid(1.0) == 0.0
+
+
+# ---- end to end: the real script, 3 steps at depth 2 on CPU, then an exact resume -------------------------------
+
+import os
+import shutil
+
+from helpers import run_script
+
+
+def _fresh_copy(src, dst, folders):
+    """A private base dir holding copies of the session artifacts this test reads (so resuming cannot clash)."""
+    for f in folders:
+        shutil.copytree(src / f, dst / f)
+    return {"NANOCHAT_BASE_DIR": str(dst)}
+
+
+MID_ARGS = ["--num-iterations", 3, "--max-seq-len", 128, "--device-batch-size", 4, "--total-batch-size", 1024,
+            "--eval-every", 2, "--eval-tokens", 1024, "--save-every", 2, "--device-type", "cpu"]
+
+
+def test_mid_train_runs_and_resumes_exactly(tiny_base_checkpoint, tmp_path):
+    env = _fresh_copy(tiny_base_checkpoint, tmp_path, ["tokenizer", "base_checkpoints"])
+    out = run_script("scripts.mid_train", *MID_ARGS, env=env).stdout
+    assert "2 micro-step(s)" in out and "val bpb" in out
+    ckpt = tmp_path / "mid_checkpoints" / "d2"
+    assert {"model_000002.pt", "model_000003.pt", "meta_000003.json", "optim_000003_rank0.pt"} <= set(os.listdir(ckpt))
+    first = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for f in ("model_000003.pt", "meta_000003.json", "optim_000003_rank0.pt"):
+        os.remove(ckpt / f)
+    out = run_script("scripts.mid_train", *MID_ARGS, "--resume", env=env).stdout
+    assert "resumed from" in out and "at step 2" in out
+    again = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    # model, optimizer state and data cursor all restored: the resumed step is bit-identical
+    for k in first:
+        assert torch.equal(first[k], again[k]), k
+    assert (tmp_path / "report" / "midtraining.md").exists()
