@@ -47,6 +47,8 @@ _compiled_ns = None
 
 def _newton_schulz(G, steps, compiled):
     global _compiled_ns
+    if not G.is_cuda:   # CPUs without bf16 matmul units emulate it slowly: fp32 there
+        return zeropower_via_newtonschulz5(G, steps, dtype=torch.float32)
     if not compiled:
         return zeropower_via_newtonschulz5(G, steps)
     if _compiled_ns is None:
