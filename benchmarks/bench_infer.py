@@ -61,6 +61,23 @@ def step_bytes(model, batch, ctx, kv_bytes=2, w_bytes=2):
     return matmul * w_bytes + kv, matmul * w_bytes, kv
 
 
+def logit_gap(model, prompt):
+    """Max |logits_fast - logits_plain| of one decode step after the same prefill, relative to the logits' std."""
+    from nanochat.engine import KVCache
+    c = model.config
+    dims = dict(num_heads=c.n_kv_head, head_dim=c.n_embd // c.n_head, num_layers=c.n_layer)
+    with torch.inference_mode(), torch.amp.autocast("cuda", dtype=torch.bfloat16):
+        pre = KVCache(1, seq_len=len(prompt), **dims)
+        model(torch.tensor([prompt], device="cuda"), kv_cache=pre)
+        nxt = torch.tensor([[7]], device="cuda")
+        plain = KVCache(1, seq_len=len(prompt) + 1, **dims)
+        plain.prefill(pre)
+        ref = model(nxt, kv_cache=plain)[:, -1].float()
+        fast = StaticDecoder(model).start(1, len(prompt) + 1, pre)(nxt[:, 0]).float()
+    gap = (ref - fast).abs().max().item()
+    return f"max abs diff {gap:.4f}, logit std {ref.std().item():.4f}, argmax equal {bool(ref.argmax() == fast.argmax())}"
+
+
 def profile(model, prompt):
     """Where a decode step's time goes: kernels of one eager step; replay-only time vs the full Engine step."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -160,6 +177,7 @@ def main():
             b = fast.generate_batch(prompt, max_tokens=32, temperature=0.0)[0][0][args.prompt:]
         agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         print(f"greedy agreement fast vs plain (bf16): first {agree} of {len(a)} tokens identical")
+        print(f"first decode step, fast vs plain logits: {logit_gap(model, prompt)}")
         if args.compile:
             try:
                 comp = Engine(model, tok, fast=True, compile=True)

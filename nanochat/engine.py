@@ -404,7 +404,13 @@ class StaticDecoder:
         c = model.config
         self.L, self.H, self.Hkv, self.D = c.n_layer, c.n_head, c.n_kv_head, c.n_embd // c.n_head
         self.gqa = bool(self.H != self.Hkv)
-        self._rot_masks = None
+        # fixed patterns of the rotation matrix (built here, not in the step: a compiled step must not mutate us)
+        D, d = self.D, self.D // 2
+        eye = torch.eye(D, device=self.device)
+        swap = torch.zeros(D, D, device=self.device)
+        swap[torch.arange(d), torch.arange(d) + d] = 1.0                  # x_i contributes +sin to out_{i+d}
+        swap[torch.arange(d) + d, torch.arange(d)] = -1.0                 # x_{i+d} contributes -sin to out_i
+        self._rot_masks = (eye, swap)
         self.B = self.T_cap = None
         self.graphs = {}
         self.weights = None
@@ -477,15 +483,9 @@ class StaticDecoder:
     def _rotation(self, pos):
         """RoPE at position `pos` as one (D, D) matrix R, so that rotate(x) = x @ R: one matmul per layer instead
         of seven elementwise kernels. R[i, i] = R[i+d, i+d] = cos_i, R[i, i+d] = sin_i, R[i+d, i] = -sin_i."""
-        D, d = self.D, self.D // 2
+        d = self.D // 2
         cos = self.model.cos[0, :, 0].index_select(0, pos).view(d)           # (d,)
         sin = self.model.sin[0, :, 0].index_select(0, pos).view(d)
-        if self._rot_masks is None:
-            eye = torch.eye(D, device=self.device)
-            swap = torch.zeros(D, D, device=self.device)
-            swap[torch.arange(d), torch.arange(d) + d] = 1.0                  # x_i contributes +sin to out_{i+d}
-            swap[torch.arange(d) + d, torch.arange(d)] = -1.0                 # x_{i+d} contributes -sin to out_i
-            self._rot_masks = (eye, swap)
         eye, swap = self._rot_masks
         return (eye * torch.cat([cos, cos]) + swap * torch.cat([sin, sin])).to(self.dtype)
 
