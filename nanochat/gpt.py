@@ -227,6 +227,11 @@ class GPT(nn.Module):
         total = n(self.parameters())
         return {"wte": wte, "lm_head": lm_head, "attn": attn, "mlp": mlp, "total": total, "matmul": total - wte}
 
+    def setup_optimizers(self, **kwargs):
+        """[AdamW(embedding, lm_head), Muon(block matrices)]; the recipe lives in nanochat.muon.setup_optimizers."""
+        from nanochat.muon import setup_optimizers   # lazy: the model does not need the optimizer to exist
+        return setup_optimizers(self, **kwargs)
+
     def estimate_flops(self) -> int:
         """Training FLOPs per token: 6 per matmul parameter (forward 2, backward 4) plus attention scores.
 

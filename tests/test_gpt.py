@@ -294,3 +294,11 @@ def test_cuda_bf16_autocast_and_compile():
         compiled = torch.compile(model, dynamic=False)
         loss_c = compiled(x, x)
     assert abs(loss.item() - ref.item()) < 0.05 and abs(loss_c.item() - loss.item()) < 0.05
+
+
+def test_setup_optimizers_covers_every_parameter_once():
+    pytest.importorskip("nanochat.muon", reason="nanochat.muon not written yet")
+    model = tiny_model(randomize=False)
+    optimizers = model.setup_optimizers()
+    ids = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
