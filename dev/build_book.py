@@ -125,6 +125,18 @@ def executed_times(out: Path) -> dict:
     return times
 
 
+def pages_without_outputs(html_dir: Path) -> list[str]:
+    """Chapter pages of an executed build that show no cell output (a chapter that silently did not run)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [ch["file"] for part in toc.get("parts", []) for ch in part["chapters"]]
+    missing = []
+    for f in files:
+        page = html_dir / f"{f}.html"
+        if f.startswith("chapters/") and (not page.exists() or "cell_output" not in page.read_text()):
+            missing.append(f)
+    return missing
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Build the nanochat book website.")
     ap.add_argument("--out", default=str(ROOT), help="output folder (the site lands in OUT/_build/html)")
@@ -144,9 +156,14 @@ def main(argv=None) -> int:
         print(f"  {name:28s} {secs / 60:6.1f} min")
     for path in proc.stderr:
         print(f"  FAILED to execute: {path} (its page has no outputs; the traceback is in the log above)")
+    rc = proc.returncode
+    if not args.no_execute:
+        for f in pages_without_outputs(html.parent):
+            print(f"  NO OUTPUTS on {f}.html")
+            rc = rc or 1
     print(f"book built in {dt / 60:.1f} min ({dt:.0f} s), {mode}, on {os.cpu_count()} CPU cores: "
-          f"{'ok' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'} -> {html}")
-    return proc.returncode
+          f"{'ok' if rc == 0 else f'FAILED (exit {rc})'} -> {html}")
+    return rc
 
 
 if __name__ == "__main__":
