@@ -120,6 +120,16 @@ def bench_python(texts, vocab_size, pattern):
     return wp / wr, same
 
 
+def estimate_python_full(texts, vocab_size, pattern, probe_merges=4):
+    """The Python reference on the full text would take hours; time its chunk counting plus `probe_merges`
+    merges and extrapolate linearly to `vocab_size`. Later merges touch shorter words, so this overestimates."""
+    from nanochat.bpe import BPE
+    _, w_count, _ = timed(lambda: BPE().train(texts, 256, pattern=pattern))
+    _, w_probe, _ = timed(lambda: BPE().train(texts, 256 + probe_merges, pattern=pattern))
+    per_merge = (w_probe - w_count) / probe_merges
+    return w_count + per_merge * (vocab_size - 256), w_count, per_merge
+
+
 def bench_encode(texts, vocab_size, pattern, repeats):
     import tiktoken
     rust = train_rust(texts, vocab_size, pattern)
@@ -153,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--py-max-chars", type=int, default=300_000)
     ap.add_argument("--py-vocab-size", type=int, default=1024)
     ap.add_argument("--encode-chars", type=int, default=4_000_000)
+    ap.add_argument("--py-estimate", action="store_true",
+                    help="also extrapolate the Python reference to the full text at the largest vocab")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--prose-dir", default=PROSE)
     args = ap.parse_args(argv)
@@ -165,12 +177,21 @@ def main(argv=None):
     ratios = bench_training(texts, args.vocab_sizes, pattern, args.repeats)
     print("\n## Python reference (slice)")
     py_ratio, same = bench_python(load_texts(args.py_max_chars, args.prose_dir), args.py_vocab_size, pattern)
+    est = None
+    if args.py_estimate:
+        v = args.vocab_sizes[-1]
+        est, w_count, per_merge = estimate_python_full(texts, v, pattern)
+        w_rust = timed(lambda: train_rust(texts, v, pattern))[1]
+        print(f"Python reference, full text, vocab {v} (extrapolated): counting {w_count:.1f}s + "
+              f"{per_merge:.2f}s/merge x {v - 256} merges = {est / 3600:.1f} h, {est / w_rust:,.0f}x rustbpe ({w_rust:.2f}s)")
     print("\n## Encoding")
     speeds = bench_encode(load_texts(args.encode_chars, args.prose_dir), args.vocab_sizes[-1], pattern, args.repeats)
     print("\n## Ratios")
     for v, rw, rc in ratios:
         print(f"training, vocab {v}: rustbpe is {rw:.1f}x faster than HF tokenizers (wall), {rc:.1f}x (CPU)")
     print(f"training, Python slice: rustbpe is {py_ratio:.0f}x faster than the Python reference; merges identical: {same}")
+    if est is not None:
+        print(f"training, full text (Python extrapolated): rustbpe is ~{est / w_rust:,.0f}x faster than the Python reference")
     r, t = speeds["rustbpe"], speeds["tiktoken"]
     print(f"encoding: rustbpe/tiktoken = {r[0] / t[0]:.2f}x single, {r[1] / t[1]:.2f}x batch")
 
