@@ -11,6 +11,15 @@ from nanochat.gpt import (GPT, GPTConfig, CausalSelfAttention, apply_rotary_emb,
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is much faster than a contended pool (restored after each test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class ListKVCache:
     """Minimal cache with the interface gpt.py expects (the real one is nanochat.engine.KVCache)."""
 
