@@ -63,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--init-lr-frac", type=float, default=0.02)
     p.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps (-1 = at the end)")
-    p.add_argument("--eval-steps", type=int, default=100, help="micro-batches per validation")
+    p.add_argument("--eval-steps", type=int, default=-1,
+                   help="micro-batches per validation; -1 = 100 on CUDA (upstream), 8 elsewhere")
     p.add_argument("--eval-tasks", default="ARC-Easy|MMLU", help="chat_eval tasks after training ('' = none)")
     p.add_argument("--eval-max-problems", type=int, default=-1,
                    help="problems per task after training; -1 = 1024 on CUDA, 32 elsewhere (a CPU run is a demo: "
@@ -157,6 +158,8 @@ def main(argv=None):
         step = resume_step
         print0(f"resumed from {out_dir} at step {step}")
     start_step = step
+    if args.eval_steps < 0:
+        args.eval_steps = 100 if device_type == "cuda" else 8
     pad_id = tokenizer.encode_special("<|assistant_end|>")
     autocast = autocast_ctx(device_type)
     wandb_run = init_wandb(args.run, "nanochat-sft", vars(args), master)

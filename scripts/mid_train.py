@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--init-lr-frac", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=150, help="-1 = only at the end")
-    p.add_argument("--eval-tokens", type=int, default=20 * 524288)
+    p.add_argument("--eval-tokens", type=int, default=-1,
+                   help="validation tokens; -1 = 20 x 524,288 on CUDA (upstream), 8 batches elsewhere")
     p.add_argument("--save-every", type=int, default=-1, help="-1 = only at the end")
     p.add_argument("--spelling-size", type=int, default=-1,
                    help="SpellingBee examples; -1 = upstream's share, 80K per 460K SmolTalk conversations")
@@ -153,7 +154,9 @@ def main(argv=None):
 
     def evaluate():
         model.eval()
-        steps = max(1, args.eval_tokens // tokens_per_micro)
+        eval_tokens = args.eval_tokens if args.eval_tokens > 0 else \
+            (20 * 524288 if device_type == "cuda" else 8 * tokens_per_micro)
+        steps = max(1, eval_tokens // tokens_per_micro)
         with autocast:
             bpb = evaluate_bpb(model, val_batches(), steps, token_bytes)
         model.train()
