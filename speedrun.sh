@@ -12,7 +12,7 @@
 #   cpu    depth 4, a real (small) run end to end          aimed at <= 30 min on 2 idle CPU cores (not yet timed)
 #   d20    561M params, 20 tokens/param (the "$100" run)   ~4 h on 8xH100 (~$24/h)
 #   d26    ~1.1B params, beats GPT-2 on CORE               ~12 h on 8xH100 (~$300)
-#   d32    ~1.9B params                                    ~33 h on 8xH100 (~$800)
+#   d32    ~1.9B params                                    more than a day on 8xH100
 # Other knobs: NANOCHAT_BASE_DIR (artifacts; cpu/smoke default to ~/.cache/nanochat/speedrun-<tier>),
 # NPROC (GPUs to use), WANDB_RUN (wandb run name; default off), SKIP_SETUP=1 (use the current .venv as is),
 # SKIP_RL=1 (stop after SFT).
@@ -77,8 +77,8 @@ fi
 case "$TIER" in
   smoke) TOK_CHARS=400000;     VOCAB=1024;  DEPTH=2;  SEQ=128;  DBS=4;  TBS=512;    BASE_IT=8;   MID_IT=4;   SFT_IT=4;   RL_IT=2;
          EVAL_TOK=2048;      CORE_N=4;   CHAT_N=4;   SHARDS=2;   SFT_DBS=4 ;;
-  cpu)   TOK_CHARS=10000000;   VOCAB=4096;  DEPTH=4;  SEQ=256;  DBS=16; TBS=4096;   BASE_IT=400; MID_IT=80;  SFT_IT=80;  RL_IT=8;
-         EVAL_TOK=16384;     CORE_N=50;  CHAT_N=50;  SHARDS=5;   SFT_DBS=8 ;;
+  cpu)   TOK_CHARS=10000000;   VOCAB=4096;  DEPTH=4;  SEQ=256;  DBS=16; TBS=4096;   BASE_IT=200; MID_IT=60;  SFT_IT=60;  RL_IT=6;
+         EVAL_TOK=16384;     CORE_N=20;  CHAT_N=20;  SHARDS=5;   SFT_DBS=8 ;;
   d20)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=20; SEQ=2048; DBS=32; TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
          EVAL_TOK=10485760;  CORE_N=-1;  CHAT_N=-1;  SHARDS=240; SFT_DBS=4 ;;
   d26)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=26; SEQ=2048; DBS=16; TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
