@@ -55,7 +55,8 @@ def format_runtime(entry: dict) -> str:
     secs = entry["seconds"]
     took = f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"
     status = "" if entry.get("passed", True) else " (FAILED: this run did not finish)"
-    where = ", ".join(x for x in (entry.get("machine"), entry.get("date")) if x)
+    busy = f"load {entry['load_avg_1min']}" if "load_avg_1min" in entry else None
+    where = ", ".join(x for x in (entry.get("machine"), busy, entry.get("date")) if x)
     return f"{took}{status}" + (f" on {where}" if where else "")
 
 
@@ -77,14 +78,15 @@ def make_box(slug: str, timings: dict, gpu: str | None = None, cpu: str | None =
     cmds += _item("GPU:", _code(gpu or GPU_COMMANDS.get(
         number, f".venv/bin/python dev/chapter_times.py {slug} --scale gpu")))
     box += cmds
+    # One line of runtimes: "ci 12 s on <machine>, <date> · laptop not measured yet · gpu ..."
     para = nodes.paragraph()
-    para += nodes.strong("Measured runtime of this chapter:", "Measured runtime of this chapter:")
-    box += para
-    runs = nodes.bullet_list()
+    para += nodes.strong("Measured runtime:", "Measured runtime:")
     mine = timings.get(slug, {})
-    for scale in SCALES:
-        runs += _item(f"{scale}:", nodes.Text(format_runtime(mine[scale]) if scale in mine else "not measured yet"))
-    box += runs
+    for i, scale in enumerate(SCALES):
+        para += nodes.Text(" " if i == 0 else " · ")
+        para += nodes.emphasis(scale, scale)
+        para += nodes.Text(" " + (format_runtime(mine[scale]) if scale in mine else "not measured yet"))
+    box += para
     return box
 
 

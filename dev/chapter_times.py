@@ -71,12 +71,13 @@ def time_chapter(md: Path, scale: str, env: dict, work: Path, timeout: int) -> d
     subprocess.run([str(BIN / "jupytext"), "-q", "--to", "ipynb", "-o", str(nb), str(md)], check=True)
     cmd = [str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
            f"--nbval-cell-timeout={timeout}", "-o", "addopts=", str(nb)]
+    load = os.getloadavg()[0]  # other work on the machine inflates the time: record how busy it was
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=work, env={**env, "NANOCHAT_BOOK_SCALE": scale}, capture_output=True, text=True)
     secs = time.time() - t0
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
     return {"seconds": round(secs, 1), "passed": proc.returncode == 0, "machine": machine(scale),
-            "date": datetime.date.today().isoformat(), "summary": tail[0][:200]}
+            "date": datetime.date.today().isoformat(), "load_avg_1min": round(load, 1), "summary": tail[0][:200]}
 
 
 def main(argv=None) -> int:
