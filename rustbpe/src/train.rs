@@ -2,8 +2,9 @@
 //!
 //! State: every unique chunk is a `Word` (its current token ids) with a count. `pair_counts[p]` is the
 //! number of times pair `p` occurs in the corpus (overlaps included, weighted by word counts), exactly
-//! what a full recount would give. `where_[p]` is a superset of the words that contain `p` (stale
-//! entries are harmless: merging a word without the pair changes nothing).
+//! what a full recount would give. `where_[p]` lists (with repeats) a superset of the words that contain `p`
+//! (stale entries are harmless: merging a word without the pair changes nothing; repeats are removed when
+//! the list is used). Appending to a list is much cheaper than inserting into a hash set.
 //!
 //! One merge: pop the best pair from the heap (skipping entries whose count went stale), rewrite only
 //! the words in `where_[p]`, and apply the exact count changes each rewrite reports. A pair whose count
@@ -12,7 +13,7 @@
 
 use std::cmp::Ordering;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use dary_heap::OctonaryHeap;
 
 pub type Pair = (u32, u32);
@@ -96,12 +97,12 @@ pub fn train(mut words: Vec<Vec<u32>>, counts: Vec<i64>, vocab_size: usize) -> T
     let mut merges = Vec::new();
 
     let mut pair_counts: AHashMap<Pair, i64> = AHashMap::new();
-    let mut where_: AHashMap<Pair, AHashSet<u32>> = AHashMap::new();
+    let mut where_: AHashMap<Pair, Vec<u32>> = AHashMap::new();
     for (wi, (w, &c)) in words.iter().zip(&counts).enumerate() {
         for p in w.windows(2) {
             let pair = (p[0], p[1]);
             *pair_counts.entry(pair).or_insert(0) += c;
-            where_.entry(pair).or_default().insert(wi as u32);
+            where_.entry(pair).or_default().push(wi as u32);
         }
     }
     let mut heap: OctonaryHeap<Entry> =
@@ -133,8 +134,9 @@ pub fn train(mut words: Vec<Vec<u32>>, counts: Vec<i64>, vocab_size: usize) -> T
         merges.push(Merge { pair: top.pair, id });
 
         // Rewrite the words that (may) contain the pair; collect the exact count changes.
-        let mut touched: Vec<u32> = where_.remove(&top.pair).map(|s| s.into_iter().collect()).unwrap_or_default();
+        let mut touched: Vec<u32> = where_.remove(&top.pair).unwrap_or_default();
         touched.sort_unstable();
+        touched.dedup();
         deltas.clear();
         grown.clear();
         for wi in touched {
@@ -147,7 +149,7 @@ pub fn train(mut words: Vec<Vec<u32>>, counts: Vec<i64>, vocab_size: usize) -> T
             });
         }
         for &(p, wi) in &grown {
-            where_.entry(p).or_default().insert(wi);
+            where_.entry(p).or_default().push(wi);
         }
         for (&p, &d) in &deltas {
             if d == 0 {
@@ -166,6 +168,7 @@ pub fn train(mut words: Vec<Vec<u32>>, counts: Vec<i64>, vocab_size: usize) -> T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ahash::AHashSet;
 
     fn recount(words: &[Vec<u32>]) -> AHashMap<Pair, i64> {
         let mut m = AHashMap::new();
