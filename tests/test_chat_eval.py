@@ -126,9 +126,15 @@ def test_chatcore():
     assert math.isclose(chat_eval.chatcore({"MMLU": 0.4, "HumanEval": 0.1}), ((0.4 - 0.25) / 0.75 + 0.1) / 2)
 
 
-def test_end_to_end_on_tiny_sft_checkpoint(tiny_sft_checkpoint):
+def test_end_to_end_on_tiny_checkpoint(tiny_base_checkpoint):
+    """The real CLI on the session's depth-2 checkpoint (the base one: the same code path as -i sft, and it does
+    not need the mid/SFT stages to have run): one categorical, two generative tasks (one through the sandbox)."""
     from helpers import run_script
-    out = run_script("scripts.chat_eval", "-i", "sft", "-a", "ARC-Easy|SpellingBee", "--max-problems", "4",
-                     "--max-new-tokens", "32", "--device-type", "cpu",
-                     env={"NANOCHAT_BASE_DIR": str(tiny_sft_checkpoint)})
-    assert "ChatCORE" in out.stdout and "ARC-Easy" in out.stdout and "SpellingBee" in out.stdout
+    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy|GSM8K|HumanEval", "--max-problems", "3",
+                     "--max-new-tokens", "16", "--device-type", "cpu",
+                     env={"NANOCHAT_BASE_DIR": str(tiny_base_checkpoint)})
+    assert "ChatCORE" in out.stdout
+    for name in ("ARC-Easy", "GSM8K", "HumanEval"):
+        assert f"| {name} |" in out.stdout
+    report = (tiny_base_checkpoint / "report").glob("*chat-evaluation-base*")
+    assert any(report)

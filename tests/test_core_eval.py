@@ -131,3 +131,13 @@ def test_offline_bundle_skips_missing_tasks(base_dir, monkeypatch):
     assert len(out["tasks_covered"]) == 18 and set(out["tasks_missing"]) == missing
     assert all(0.0 <= a <= 1.0 for a in out["results"].values())
     assert math.isclose(out["core_metric"], sum(out["centered_results"].values()) / 18)
+
+
+def test_base_eval_script_on_tiny_checkpoint(tiny_base_checkpoint):
+    from helpers import run_script
+    out = run_script("scripts.base_eval", "--max-per-task", "2", "--tasks", "copa,winograd,lambada_openai,squad",
+                     "--device-type", "cpu", env={"NANOCHAT_BASE_DIR": str(tiny_base_checkpoint)})
+    assert "CORE" in out.stdout and "over 3 tasks" in out.stdout
+    assert "squad" in out.stdout                          # named as not covered
+    csvs = list((tiny_base_checkpoint / "base_eval").glob("*.csv"))
+    assert csvs and "copa" in csvs[0].read_text()
