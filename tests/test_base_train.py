@@ -1,0 +1,107 @@
+"""base_train end to end at depth 2 on CPU: SIGKILL + --resume is bit-for-bit, damaged checkpoints fall back,
+torchrun with 2 gloo processes trains in sync, and the schedule helpers."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scripts.base_train import lr_multiplier, muon_momentum
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--depth", "2", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "256",
+        "--num-iterations", "8", "--eval-every", "4", "--eval-tokens", "256", "--core-metric-every", "-1",
+        "--sample-every", "-1", "--save-every", "2", "--device-type", "cpu", "--tokenizer-threads", "1"]
+
+
+def test_lr_schedule_and_momentum():
+    lrs = [lr_multiplier(i, 10, warmup_ratio=0.2, warmdown_ratio=0.3, final_lr_frac=0.1) for i in range(11)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[2:8] == [1.0] * 6
+    # warmdown over the last 3 steps: progress p = (10 - it) / 3, lrm = p + (1 - p) * 0.1
+    assert lrs[8:] == pytest.approx([0.7, 0.4, 0.1])
+    assert muon_momentum(0) == 0.85 and muon_momentum(150) == pytest.approx(0.90) and muon_momentum(999) == 0.95
+
+
+@pytest.fixture
+def train_env(tiny_tokenizer, base_dir):
+    shutil.copytree(tiny_tokenizer / "tokenizer", base_dir / "tokenizer")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "NANOCHAT_BASE_DIR": str(base_dir)}
+    env.pop("NANOCHAT_NO_PROGRESS", None)          # we watch every step line
+    return env
+
+
+def _run(env, *extra, timeout=300):
+    p = subprocess.run([sys.executable, "-m", "scripts.base_train", *ARGS, *extra], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def _losses(log_path):
+    out = {}
+    for line in open(log_path):
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r["loss"]     # a resumed run re-logs steps after its checkpoint: keep the last
+    return out
+
+
+def _final(d):
+    return torch.load(os.path.join(d, "model_000008.pt"), weights_only=True)
+
+
+def test_sigkill_and_resume_is_bitwise(train_env, base_dir):
+    ckpt = base_dir / "base_checkpoints"
+    out = _run(train_env, "--model-tag", "ref")
+    assert "grad_accum_steps" in out and "val bpb" in out
+    ref_losses, ref_model = _losses(ckpt / "ref" / "log.jsonl"), _final(ckpt / "ref")
+    assert len(ref_losses) == 8 and ref_losses[8] < ref_losses[1]
+
+    kill_at = random.Random().randint(3, 7)                  # any step after the first checkpoint (step 2)
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.base_train", *ARGS, "--model-tag", "crash"],
+                            cwd=REPO_ROOT, env=train_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith(f"step {kill_at:05d}/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended before step {kill_at}"
+    assert not os.path.exists(ckpt / "crash" / "model_000008.pt")
+    out = _run(train_env, "--model-tag", "crash", "--resume")
+    assert "resumed from step" in out, out
+    assert _losses(ckpt / "crash" / "log.jsonl") == ref_losses, f"killed at {kill_at}"
+    crash_model = _final(ckpt / "crash")
+    assert all(torch.equal(crash_model[k], v) for k, v in ref_model.items()), f"killed at {kill_at}"
+
+
+def test_resume_skips_a_damaged_checkpoint(train_env, base_dir):
+    d = base_dir / "base_checkpoints" / "d2"
+    _run(train_env, "--num-iterations", "4")
+    p = d / "model_000004.pt"
+    p.write_bytes(p.read_bytes()[:500])
+    out = _run(train_env, "--num-iterations", "4", "--resume")
+    assert "cannot resume from step 4" in out and "resumed from step 2" in out
+
+
+def test_torchrun_two_gloo_processes(train_env, base_dir):
+    from helpers import free_port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "scripts.base_train", *ARGS, "--num-iterations", "4", "--save-every", "-1"]
+    p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=train_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    assert p.returncode == 0, out[-4000:]
+    assert '"processes": 2' in out and '"grad_accum_steps": 1' in out   # 2 x 2 x 64 = 256 tokens per step
+    assert os.path.exists(base_dir / "base_checkpoints" / "d2" / "optim_000004_rank1.pt")
+    losses = _losses(base_dir / "base_checkpoints" / "d2" / "log.jsonl")
+    assert len(losses) == 4 and losses[4] < losses[1]
