@@ -214,3 +214,29 @@ def test_user_text_cannot_inject_special_tokens(tiny_tokenizer, monkeypatch):
     assert structural == [tok.get_bos_token_id(), tok.encode_special("<|user_start|>"),
                           tok.encode_special("<|user_end|>"), tok.encode_special("<|assistant_start|>")]
     assert evil in tok.decode(ids)
+
+
+@pytest.mark.slow
+def test_real_checkpoint_cli_and_server(tiny_sft_checkpoint):
+    """The command-line entry points on a real (tiny) SFT checkpoint: chat_cli -p, and chat_web in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from helpers import REPO_ROOT, run_script, wait_for_port
+    env = {"NANOCHAT_BASE_DIR": str(tiny_sft_checkpoint)}
+    out = run_script("scripts.chat_cli", "-i", "sft", "-p", "What is 2+2?", "-m", "12", "--device-type", "cpu",
+                     env=env, timeout=300)
+    assert "Assistant:" in out.stdout
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "-i", "sft", "--port", str(port),
+                             "--device-type", "cpu", "-m", "8"], cwd=REPO_ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, timeout=120)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/health").json()["workers"] == 1
+        with httpx.stream("POST", url + "/chat/completions", json=chat_body("Hi there"), timeout=120) as r:
+            assert sse_events(r)[-1]["done"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
