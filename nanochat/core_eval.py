@@ -61,7 +61,11 @@ def eval_bundle_dir():
     with zipfile.ZipFile(zip_path) as z:
         z.extractall(tmp)
     inner = os.path.join(tmp, "eval_bundle")
-    os.replace(inner if os.path.isdir(inner) else tmp, target)   # atomic: readers see all of it or nothing
+    try:
+        os.replace(inner if os.path.isdir(inner) else tmp, target)   # atomic: readers see all of it or nothing
+    except OSError:
+        if not os.path.isfile(os.path.join(target, "core.yaml")):  # lost a race to another rank: fine
+            raise
     shutil.rmtree(tmp, ignore_errors=True)
     return target
 

@@ -141,3 +141,27 @@ def test_base_eval_script_on_tiny_checkpoint(tiny_base_checkpoint):
     assert "squad" in out.stdout                          # named as not covered
     csvs = list((tiny_base_checkpoint / "base_eval").glob("*.csv"))
     assert csvs and "copa" in csvs[0].read_text()
+
+
+@pytest.mark.skipif(not HAVE_SHARED, reason=SKIP_NO_SHARED)
+def test_bundle_from_url_and_from_directory(base_dir, monkeypatch, tmp_path):
+    """NANOCHAT_EVAL_BUNDLE may be a URL (downloaded once, through nanochat.download) or an unzipped folder."""
+    import subprocess
+    import sys
+    from helpers import free_port, wait_for_port
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", SHARED_DATA], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        monkeypatch.setenv("NANOCHAT_EVAL_BUNDLE", f"http://127.0.0.1:{port}/eval_bundle.zip")
+        d = core_eval.eval_bundle_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert d == str(base_dir / "eval_bundle") and os.path.isfile(os.path.join(d, "core.yaml"))
+    assert os.path.isfile(base_dir / "eval_bundle.zip")
+    assert core_eval.eval_bundle_dir() == d                 # cached: the server is gone, no second download
+    monkeypatch.setenv("NANOCHAT_EVAL_BUNDLE", d)             # a directory is used in place
+    assert core_eval.eval_bundle_dir() == d
+    assert len(core_eval.load_core_tasks(d)) == 22
