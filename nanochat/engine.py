@@ -479,7 +479,9 @@ class StaticDecoder:
         torch.cuda.current_stream().wait_stream(stream)
         self.pos.copy_(saved)                     # the warm-up advanced it; its cache writes get overwritten
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the server runs one worker thread per GPU, and another thread's allocations must not
+        # invalidate this capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = self._run(bucket)
         self.pos.copy_(saved)                     # capture records, it does not run; be explicit anyway
         return graph, out
