@@ -94,7 +94,7 @@ except (ValueError, OSError):
     pass
 
 def _guard():
-    import builtins, shutil, subprocess, socket, faulthandler
+    import builtins, shutil, subprocess, socket, _socket, faulthandler, posix
     faulthandler.disable()
     def disabled(name):
         def stub(*a, **k):
@@ -107,14 +107,17 @@ def _guard():
                  "unsetenv", "link", "symlink", "execv", "execve", "execl", "execle", "execlp", "execlpe",
                  "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
                  "spawnvpe", "posix_spawn", "posix_spawnp", "plock", "mkfifo", "mknod"):
-        if hasattr(os, name):
-            setattr(os, name, disabled(f"os.{name}"))
+        for mod in (os, posix):             # `import posix; posix.fork()` must not get around the stub
+            if hasattr(mod, name):
+                setattr(mod, name, disabled(f"os.{name}"))
     for name in ("move", "chown", "copytree"):
         setattr(shutil, name, disabled(f"shutil.{name}"))
     for name in ("Popen", "call", "check_call", "check_output", "run", "getoutput", "getstatusoutput"):
         setattr(subprocess, name, disabled(f"subprocess.{name}"))
     for name in ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
         setattr(socket, name, disabled(f"socket.{name}"))
+        if hasattr(_socket, name):
+            setattr(_socket, name, disabled(f"_socket.{name}"))
     builtins.exit = builtins.quit = disabled("exit")
     # files: write only inside the work dir; read no other process's /proc entries
     import io

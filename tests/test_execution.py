@@ -46,6 +46,8 @@ def test_fork_bomb_is_stopped():
     assert not r.success and "disabled" in r.error
     r = run("import multiprocessing", timeout=2.0)
     assert not r.success
+    r = run("import posix\nwhile True:\n    posix.fork()", timeout=2.0)   # the module behind os
+    assert not r.success and "disabled" in r.error
 
 
 def test_one_gigabyte_allocation_is_refused():
