@@ -226,7 +226,8 @@ def main(argv=None):
         stats = torch.tensor([torch.cat(all_rewards).mean().item(), n_sampled / (per_rank * args.num_samples)],
                              dtype=torch.float64, device=device)
         if ddp:
-            dist.all_reduce(stats, op=dist.ReduceOp.AVG)
+            dist.all_reduce(stats)   # SUM (gloo has no AVG), then divide
+            stats = stats / world
         mean_reward, mean_len = stats.tolist()
         history["train"].append({"step": step, "reward": mean_reward, "sampled_tokens": mean_len, "lrm": lrm})
         if should_print(step - 1, n_steps):

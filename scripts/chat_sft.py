@@ -183,7 +183,8 @@ def main(argv=None):
         model.train()
         v = torch.stack(losses).mean()
         if ddp:
-            dist.all_reduce(v, op=dist.ReduceOp.AVG)
+            dist.all_reduce(v)   # SUM (gloo has no AVG), then divide
+            v = v / world
         return v.item()
 
     def sample(label):
