@@ -149,6 +149,17 @@ def test_matches_tiktoken_specials(name):
         enc.encode(text)
 
 
+def test_known_divergence_of_gpt4_pattern_and_tiktoken_on_line_break_then_space():
+    # Found by hypothesis: on "\r\t" (and "\n ") the original pattern's `\s*[\r\n]+` backtracks to "\r" while tiktoken's
+    # possessive rewrite keeps "\r\t" together. Encoding cl100k ids exactly therefore uses tiktoken's own
+    # pattern string (from_mergeable_ranks takes the pattern), not GPT4_SPLIT_PATTERN.
+    import regex
+    enc, _ = _ref("cl100k_base")
+    assert regex.findall(GPT4_SPLIT_PATTERN, "\r\t") == ["\r", "\t"]
+    assert regex.findall(enc._pat_str, "\r\t") == ["\r\t"]
+    assert regex.findall(GPT4_SPLIT_PATTERN, "\n ") == ["\n", " "] and regex.findall(enc._pat_str, "\n ") == ["\n "]
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=60))   # see test_rustbpe.ASSIGNED
 def test_matches_cl100k_on_random_unicode(s):
@@ -157,9 +168,10 @@ def test_matches_cl100k_on_random_unicode(s):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list(" \t\n\r\\u00a0'sSlLvVeEdx09٣½.,!?😀한\u0301\u2028ſ")), max_size=40))
+@given(st.text(alphabet=st.sampled_from(list(" \t\\u00a0'sSlLvVeEdx09٣½.,!?😀한\u0301\u2028ſ")), max_size=40))
 def test_default_pattern_splits_like_tiktoken_cl100k(s):
-    # tiktoken ships a rewritten (all-possessive) but equivalent form of the GPT-4 pattern
+    # tiktoken ships a rewritten (possessive) form of the GPT-4 pattern; it agrees with the original except
+    # where a line break is followed by other whitespace (pinned above), so line breaks are left out here
     import regex
     enc, _ = _ref("cl100k_base")
     assert regex.findall(GPT4_SPLIT_PATTERN, s) == regex.findall(enc._pat_str, s)
