@@ -6,6 +6,7 @@
 #   bash speedrun.sh                      # tier picked by the hardware: 8 GPUs -> d20, no GPU -> cpu
 #   TIER=d26 bash speedrun.sh             # or choose: smoke | cpu | d20 | d26 | d32
 #   OFFLINE_MIRROR=../shared/data/hf-mirror TIER=cpu bash speedrun.sh   # no internet: serve a hub mirror
+#                                         (found by itself in ../shared/data when the hub is unreachable)
 #
 # Tiers (time and cost as measured or as the series reports them; see chapter 10):
 #   smoke  every stage for a few steps, depth 2            3.6 CPU-min; 15 min wall on a shared 2-core box (load 17)
@@ -49,26 +50,14 @@ export NANOCHAT_NO_PROGRESS=${NANOCHAT_NO_PROGRESS:-1}
 echo "speedrun: tier=$TIER gpus=$NGPU nproc=$NPROC base_dir=$NANOCHAT_BASE_DIR"
 
 # ---------------------------------------------------------------------------------------------- offline mirror
+# OFFLINE_MIRROR=<folder laid out like the hub> serves it on loopback; with no route to the hub, a mirror in
+# ../shared/data (this project's offline machines) is used the same way. dev/offline.sh does the serving.
+source dev/offline.sh
 if [ -n "${OFFLINE_MIRROR:-}" ]; then
-  MIRROR=$(cd "$OFFLINE_MIRROR" && pwd)
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$MIRROR" >/dev/null 2>&1 &
-  MIRROR_PID=$!
-  trap 'kill $MIRROR_PID 2>/dev/null || true' EXIT
-  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-  export HF_ENDPOINT="http://127.0.0.1:$PORT"
-  DATA=$(dirname "$MIRROR")     # the mirror's siblings, when they are there (the layout of ../shared/data)
-  [ -d "$DATA/tiktoken_cache" ] && export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$DATA/tiktoken_cache}
-  [ -f "$DATA/identity_conversations.jsonl" ] && export NANOCHAT_IDENTITY_PATH=${NANOCHAT_IDENTITY_PATH:-$DATA/identity_conversations.jsonl}
-  [ -f "$DATA/eval_bundle.zip" ] && export NANOCHAT_EVAL_BUNDLE=${NANOCHAT_EVAL_BUNDLE:-$DATA/eval_bundle.zip}
-  # a mirror without FineWeb/SmolTalk: use its stand-ins unless the caller named datasets
-  if [ -d "$MIRROR/datasets/nanochat-fixtures/prose-mix" ] && [ ! -d "$MIRROR/datasets/karpathy/fineweb-edu-100b-shuffle" ]; then
-    export NANOCHAT_PRETRAIN_DATASET=${NANOCHAT_PRETRAIN_DATASET:-nanochat-fixtures/prose-mix}
-  fi
-  if [ -d "$MIRROR/datasets/nanochat-fixtures/chat-mix" ] && [ ! -d "$MIRROR/datasets/HuggingFaceTB/smol-smoltalk" ]; then
-    export NANOCHAT_CHAT_DATASET=${NANOCHAT_CHAT_DATASET:-nanochat-fixtures/chat-mix}
-  fi
-  echo "speedrun: offline mirror $MIRROR at $HF_ENDPOINT (pretrain: ${NANOCHAT_PRETRAIN_DATASET:-default}, chat: ${NANOCHAT_CHAT_DATASET:-default})"
+  use_offline_data "$(cd "$OFFLINE_MIRROR" && pwd)"
+elif [ -z "${HF_ENDPOINT:-}" ] && ! hub_reachable; then
+  echo "speedrun: https://huggingface.co is not reachable"
+  use_offline_data || { echo "speedrun: and no offline mirror in ../shared/data; set HF_ENDPOINT or OFFLINE_MIRROR" >&2; exit 2; }
 fi
 
 # ---------------------------------------------------------------------------------------------- sizes per tier
