@@ -177,69 +177,9 @@ class Block(nn.Module):
         return x
 
 
-
-def _softcapped_logits(x: torch.Tensor, weight: torch.Tensor, softcap: float):
-    """lm_head matmul in x's dtype, then fp32 soft-capping: returns (capped logits, tanh) both fp32."""
-    t = torch.tanh((x @ weight.t()).float() / softcap)
-    return softcap * t, t
-
-
-def _chunk_rows(n_rows: int, vocab: int, chunk_elems: int) -> int:
-    """Rows per loss chunk so that one chunk's fp32 logits hold about `chunk_elems` values."""
-    return max(1, min(n_rows, chunk_elems // vocab))
-
-
-class ChunkedSoftcapCrossEntropy(torch.autograd.Function):
-    """sum of softcap cross-entropy over rows of x (N, C) against weight (V, C), chunk by chunk.
-
-    The full (N, V) logits never exist at once: each chunk computes its logits, its loss, and (when a backward
-    will follow) the gradients of that loss with respect to the chunk's rows and to the weight, and drops the
-    logits. The gradient is exact (the same formula autograd would apply), done in the forward pass because
-    for a scalar loss it is the incoming gradient times a fixed tensor; backward only scales the stored sums.
-    Per-row gradient of the loss l = logsumexp(s) - s[y] with s = c * tanh(z / c), z = x W^T:
-        dl/dz = (softmax(s) - onehot(y)) * (1 - tanh^2(z / c)),   dl/dx = dl/dz W,   dl/dW = dl/dz^T x
-    Ignored rows (y == -1) contribute nothing.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, softcap, rows, need_grad):
-        compute_dtype = x.dtype
-        w = weight.to(compute_dtype)
-        ctx.weight_dtype = weight.dtype
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if need_grad else None
-        for start in range(0, x.size(0), rows):
-            xc, yc = x[start:start + rows], targets[start:start + rows]
-            s, t = _softcapped_logits(xc, w, softcap)                 # (n, V) fp32, only this chunk
-            valid = yc != -1
-            ys = yc.clamp(min=0).unsqueeze(1)
-            lse = torch.logsumexp(s, dim=-1)
-            total = total + ((lse - s.gather(1, ys).squeeze(1)) * valid).sum()
-            if need_grad:
-                g = torch.exp(s - lse.unsqueeze(1))                   # softmax
-                g.scatter_add_(1, ys, -torch.ones_like(ys, dtype=g.dtype))
-                g = (g * (1.0 - t * t) * valid.unsqueeze(1)).to(compute_dtype)   # dl/dz
-                grad_x[start:start + rows] = g @ w
-                grad_w += (g.t() @ xc).float()
-        if need_grad:
-            ctx.save_for_backward(grad_x, grad_w)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors
-        gx = (grad_x * grad_out.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None, None
-
-
 class GPT(nn.Module):
     softcap = 15.0          # logits = softcap * tanh(logits / softcap)
     rotary_multiple = 10    # RoPE tables cover 10x sequence_len (room for long generations)
-    # The loss is computed over chunks of rows holding about this many logits each (2^29 fp32 = 2 GiB), so the
-    # (B*T, V) fp32 logits (17 GiB at 32 x 2048 x 65536) are never materialised; 0 = one unchunked pass.
-    loss_chunk_elems = 2 ** 29
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -326,39 +266,15 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
         x = norm(x)
+        logits = self.lm_head(x).float()                               # (B, T, V)
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        # A chunked loss that never holds these (B*T, V) fp32 logits at once was measured (commit 07cbd63,
+        # benchmarks/RESULTS.md): it saves memory (d20 fits at device batch 32) but costs 7% of d12's speed.
         if targets is None:
-            logits = self.lm_head(x).float()                           # (B, T, V)
-            return self.softcap * torch.tanh(logits / self.softcap)
-        return self._loss(x, targets, loss_reduction)
-
-    def _loss(self, x, targets, loss_reduction):
-        """Softcap cross-entropy of hidden states x (B, T, C) against targets (B, T), -1 ignored."""
-        if loss_reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
-        B, T, C = x.shape
-        weight = self.lm_head.weight
-        V = weight.size(0)
-        xf, yf = x.reshape(B * T, C), targets.reshape(B * T)
-        if torch.is_autocast_enabled(x.device.type):
-            xf = xf.to(torch.get_autocast_dtype(x.device.type))       # what autocast would feed the matmul
-        rows = _chunk_rows(B * T, V, self.loss_chunk_elems)
-        grad = torch.is_grad_enabled() and (xf.requires_grad or weight.requires_grad)
-        if self.loss_chunk_elems <= 0 or (loss_reduction == "none" and grad):
-            # the reference: one pass over all rows (also the per-token loss with a backward, as in RL, whose
-            # per-row incoming gradients are unknown in the forward pass; those batches are small)
-            logits = self.lm_head(x).float()
-            logits = self.softcap * torch.tanh(logits / self.softcap)
-            loss = F.cross_entropy(logits.view(-1, V), yf, ignore_index=-1, reduction=loss_reduction)
-            return loss.view(B, T) if loss_reduction == "none" else loss
-        if loss_reduction == "none":                                   # no backward: plain chunked loop
-            w = weight.to(xf.dtype)
-            out = [F.cross_entropy(_softcapped_logits(xf[i:i + rows], w, self.softcap)[0], yf[i:i + rows],
-                                   ignore_index=-1, reduction="none") for i in range(0, B * T, rows)]
-            return torch.cat(out).view(B, T)
-        total = ChunkedSoftcapCrossEntropy.apply(xf, weight, yf, self.softcap, rows, grad)
-        if loss_reduction == "sum":
-            return total
-        return total / (yf != -1).sum()          # 0/0 = nan when every target is ignored, as F.cross_entropy
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=loss_reduction)
+        return loss.view(B, T) if loss_reduction == "none" else loss
 
     @torch.inference_mode()
     def generate(self, tokens, max_tokens, temperature=1.0, top_k=None, seed=42):

@@ -133,47 +133,6 @@ def test_shapes_and_loss_reductions(device):
     torch.testing.assert_close(model(x, y), ref.sum() / (y != -1).sum())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_chunked_loss_and_gradients_match_the_unchunked_reference(device, reduction):
-    """Chunks of 7 rows (the last one short) give the loss and every gradient of one full-logits pass."""
-    x = torch.randint(0, 256, (3, 17), device=device)
-    y = torch.randint(0, 256, (3, 17), device=device)
-    y[0, :5] = -1
-    y[2, 7:12] = -1          # ignored rows inside a chunk and across a chunk boundary
-    results = []
-    for chunk_elems in (0, 7 * 256):
-        model = tiny_model(device=device)
-        model.loss_chunk_elems = chunk_elems
-        with torch.no_grad():
-            nograd = model(x, y, loss_reduction=reduction)
-        loss = model(x, y, loss_reduction=reduction)
-        (loss.sum() if reduction == "none" else loss).backward()
-        results.append((nograd, loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (ref_ng, ref, ref_grads), (ng, got, grads) = results
-    torch.testing.assert_close(ng, ref_ng, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ng, got, rtol=1e-5, atol=1e-6)
-    for name, g in ref_grads.items():
-        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
-
-
-def test_chunked_loss_edge_cases():
-    model = tiny_model()
-    model.loss_chunk_elems = 4 * 256
-    x = torch.randint(0, 256, (2, 9))
-    y = torch.full((2, 9), -1)
-    assert torch.isnan(model(x, y)) and model(x, y, loss_reduction="sum") == 0   # as F.cross_entropy
-    y[1, 3] = 5                                                                   # a single counted token
-    loss = model(x, y)
-    loss.backward()
-    logits = model(x)[1, 3]
-    torch.testing.assert_close(loss, torch.logsumexp(logits, 0) - logits[5])
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    with pytest.raises(ValueError, match="loss_reduction"):
-        model(x, y, loss_reduction="avg")
-
-
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 def test_causality(n_kv_head):
     model = tiny_model(tiny_config(n_kv_head))
