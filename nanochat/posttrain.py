@@ -247,6 +247,32 @@ def find_last_step(checkpoint_dir: str):
     return max(steps) if steps else None
 
 
+PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
+              "rl": "chatrl_checkpoints"}
+
+
+def load_start(source: str, phase: str, device, model_tag=None, model_step=None, resume: bool = False):
+    """The model a post-training phase starts from, and the folder it saves to.
+
+    Loads the `source` phase's checkpoint (the given tag/step, else the largest tag's last step); with `resume`,
+    this phase's own last checkpoint instead, when one exists. The output folder keeps the source's model tag, so
+    a d2 base model becomes mid_checkpoints/d2, chatsft_checkpoints/d2, ...
+    Returns (model, tokenizer, meta, out_dir, model_tag, resume_step).
+    """
+    import os
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.common import get_base_dir, print0
+    model, tokenizer, meta = load_model(source, device, phase="train", model_tag=model_tag, step=model_step)
+    model_tag = model_tag or f"d{model.config.n_layer}"
+    out_dir = os.path.join(get_base_dir(), PHASE_DIRS[phase], model_tag)
+    resume_step = find_last_step(out_dir) if resume else None
+    if resume and resume_step is None:
+        print0(f"--resume: no checkpoint in {out_dir}, starting from the {source} model")
+    if resume_step is not None:
+        model, tokenizer, meta = load_model(phase, device, phase="train", model_tag=model_tag, step=resume_step)
+    return model, tokenizer, meta, out_dir, model_tag, resume_step
+
+
 def init_wandb(run: str, project: str, config: dict, master: bool):
     """A wandb run, or DummyWandb when run == 'dummy' or on non-master ranks."""
     from nanochat.common import DummyWandb

@@ -30,10 +30,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_base_dir, print0
-from nanochat.posttrain import (apply_lr, autocast_ctx, find_last_step, format_eta, init_wandb,
-                                lr_multiplier_linear, make_optimizers, pass_at_k, pg_loss, rl_advantages,
-                                rl_batch, set_initial_lrs, should_print)
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.posttrain import (apply_lr, autocast_ctx, format_eta, init_wandb, load_start, lr_multiplier_linear,
+                                make_optimizers, pass_at_k, pg_loss, rl_advantages, rl_batch, set_initial_lrs,
+                                should_print)
 
 
 def parse_args(argv=None):
@@ -110,19 +110,12 @@ def main(argv=None):
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _local_rank, world, device = compute_init(device_type)
     master = rank == 0
-    from nanochat.checkpoint_manager import load_checkpoint, load_model, save_checkpoint
+    from nanochat.checkpoint_manager import load_checkpoint, save_checkpoint
     from nanochat.engine import Engine
     from tasks.gsm8k import GSM8K
 
-    model, tokenizer, meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
-                                        step=args.model_step)
-    model_tag = args.model_tag or f"d{model.config.n_layer}"
-    out_dir = os.path.join(get_base_dir(), "chatrl_checkpoints", model_tag)
-    resume_step = find_last_step(out_dir) if args.resume else None
-    if args.resume and resume_step is None:
-        print0(f"--resume: no checkpoint in {out_dir}, starting from the {args.source} model")
-    if resume_step is not None:
-        model, tokenizer, meta = load_model("rl", device, phase="train", model_tag=model_tag, step=resume_step)
+    model, tokenizer, meta, out_dir, model_tag, resume_step = load_start(
+        args.source, "rl", device, model_tag=args.model_tag, model_step=args.model_step, resume=args.resume)
     engine = Engine(model, tokenizer)
 
     train_task = GSM8K(subset="main", split="train")

@@ -25,16 +25,14 @@ Cost: one epoch of the mixture is ~700 steps of 32 conversations; at ci scale (d
 conversations of <=256 tokens takes about a second on an idle 2-core machine.
 """
 import argparse
-import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_base_dir, print0
-from nanochat.posttrain import (apply_lr, autocast_ctx, find_last_step, format_eta, init_wandb,
-                                lr_multiplier_linear, make_optimizers, set_initial_lrs, sft_collate,
-                                should_print)
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, print0
+from nanochat.posttrain import (apply_lr, autocast_ctx, format_eta, init_wandb, load_start, lr_multiplier_linear,
+                                make_optimizers, set_initial_lrs, sft_collate, should_print)
 
 SAMPLE_PROMPTS = [
     "What is the capital of France?",
@@ -118,17 +116,10 @@ def main(argv=None):
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _local_rank, world, device = compute_init(device_type)
     master = rank == 0
-    from nanochat.checkpoint_manager import load_checkpoint, load_model, save_checkpoint
+    from nanochat.checkpoint_manager import load_checkpoint, save_checkpoint
 
-    model, tokenizer, meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
-                                        step=args.model_step)
-    model_tag = args.model_tag or f"d{model.config.n_layer}"
-    out_dir = os.path.join(get_base_dir(), "chatsft_checkpoints", model_tag)
-    resume_step = find_last_step(out_dir) if args.resume else None
-    if args.resume and resume_step is None:
-        print0(f"--resume: no checkpoint in {out_dir}, starting from the {args.source} model")
-    if resume_step is not None:
-        model, tokenizer, meta = load_model("sft", device, phase="train", model_tag=model_tag, step=resume_step)
+    model, tokenizer, meta, out_dir, model_tag, resume_step = load_start(
+        args.source, "sft", device, model_tag=args.model_tag, model_step=args.model_step, resume=args.resume)
 
     if args.max_seq_len < 0:
         args.max_seq_len = model.config.sequence_len

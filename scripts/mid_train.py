@@ -20,17 +20,16 @@ Examples:
 Cost: at ci scale (depth 2, CPU, 2,048 tokens/step) a step takes about a second on an idle 2-core machine.
 """
 import argparse
-import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir, peak_flops,
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, peak_flops,
                              print0)
-from nanochat.posttrain import (ChatPacker, apply_lr, apply_muon_momentum, autocast_ctx, find_last_step,
-                                format_eta, init_wandb, lr_multiplier_mid, make_optimizers, muon_momentum,
-                                set_initial_lrs, should_print)
+from nanochat.posttrain import (apply_lr, apply_muon_momentum, autocast_ctx, ChatPacker, format_eta, init_wandb,
+                                load_start, lr_multiplier_mid, make_optimizers, muon_momentum, set_initial_lrs,
+                                should_print)
 
 
 def parse_args(argv=None):
@@ -91,20 +90,13 @@ def main(argv=None):
     device_type = args.device_type or autodetect_device_type()
     ddp, rank, _local_rank, world, device = compute_init(device_type)
     master = rank == 0
-    from nanochat.checkpoint_manager import load_checkpoint, load_model, save_checkpoint
+    from nanochat.checkpoint_manager import load_checkpoint, save_checkpoint
     from nanochat.loss_eval import evaluate_bpb
     from nanochat.tokenizer import get_token_bytes
 
     # ---- the model: the base checkpoint, or our own latest checkpoint when resuming
-    model, tokenizer, meta = load_model("base", device, phase="train", model_tag=args.model_tag,
-                                        step=args.model_step)
-    model_tag = args.model_tag or f"d{model.config.n_layer}"
-    out_dir = os.path.join(get_base_dir(), "mid_checkpoints", model_tag)
-    resume_step = find_last_step(out_dir) if args.resume else None
-    if args.resume and resume_step is None:
-        print0(f"--resume: no checkpoint in {out_dir}, starting from the base model")
-    if resume_step is not None:
-        model, tokenizer, meta = load_model("mid", device, phase="train", model_tag=model_tag, step=resume_step)
+    model, tokenizer, meta, out_dir, model_tag, resume_step = load_start(
+        "base", "mid", device, model_tag=args.model_tag, model_step=args.model_step, resume=args.resume)
     orig_model = model
     use_compile = device_type == "cuda" if args.compile is None else args.compile
     if use_compile:
