@@ -15,10 +15,12 @@ Measured on one H100 80GB HBM3: see benchmarks/RESULTS.md ("## Inference") and c
 """
 import argparse
 import json
+import os
 import time
 
 import torch
 
+from nanochat import kernels
 from nanochat.engine import Engine, StaticDecoder
 from nanochat.gpt import GPT, config_for_depth
 
@@ -118,7 +120,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compare-eager", type=int, nargs="*", default=[1, 64],
                     help="batches at which to also time the plain (eager, dynamic-shape cache) path")
-    ap.add_argument("--compile", action="store_true", help="also time StaticDecoder(compile=True)")
+    ap.add_argument("--compare-unfused", type=int, nargs="*", default=[1, 64],
+                    help="batches at which to also time StaticDecoder with the Triton kernels off (before/after)")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--profile", action="store_true", help="kernel table of one eager decode step, graph-only timing")
     args = ap.parse_args()
@@ -147,7 +150,8 @@ def main():
         engine.generate_batch(prompt, num_samples=batch, max_tokens=gen)            # warm-up / graph capture
         ttft, per_tok, n = timed_generate(engine, prompt, batch, gen, device)
         ctx = args.prompt + n / 2                                                  # mean attended length
-        if isinstance(engine._static, StaticDecoder):                              # attention reads whole buckets
+        # without the Triton kernels, SDPA reads whole 128-position buckets; the fused kernel reads what is filled
+        if isinstance(engine._static, StaticDecoder) and not kernels.use_triton(engine._static.k_cache):
             b = StaticDecoder.bucket_size
             ctx = sum(((args.prompt + i) // b + 1) * b for i in range(n - 1)) / max(1, n - 1)
         total, w, kv = step_bytes(model, batch, ctx)
@@ -165,8 +169,8 @@ def main():
     for batch in args.batches:
         run("static+graphs" if fast.fast else "plain", fast, batch, args.gen)
     print("\nwhat the paths are: plain = model.forward with the growing KVCache (eager, like upstream); "
-          "static+graphs = StaticDecoder, CUDA graph per attention bucket; compiled+graphs = the same, "
-          "torch.compile'd first", flush=True)
+          "static+graphs = StaticDecoder, CUDA graph per attention bucket, "
+          "Triton-fused elementwise kernels (nanochat/kernels.py); graphs, unfused = the same without them", flush=True)
     if device.type == "cuda":
         plain = Engine(model, tok, fast=False)
         for batch in args.compare_eager:
@@ -178,18 +182,11 @@ def main():
         agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         print(f"greedy agreement fast vs plain (bf16): first {agree} of {len(a)} tokens identical")
         print(f"first decode step, fast vs plain logits: {logit_gap(model, prompt)}")
-        if args.compile:
-            try:
-                comp = Engine(model, tok, fast=True, compile=True)
-                t = time.perf_counter()
-                comp.generate_batch(prompt, num_samples=1, max_tokens=8)
-                print(f"compile + capture: {time.perf_counter() - t:.1f} s")
-                from torch._dynamo.utils import counters
-                print("dynamo:", dict(counters["stats"]), "graph breaks:", dict(counters["graph_break"]))
-                for batch in args.batches:
-                    run("compiled+graphs", comp, batch, args.gen)
-            except Exception as e:    # report, do not lose the rows above
-                print(f"compile path failed: {type(e).__name__}: {e}")
+        os.environ["NANOCHAT_NO_TRITON"] = "1"      # the same decoder, elementwise ops unfused (as before)
+        unfused = Engine(model, tok, fast=True)
+        for batch in args.compare_unfused:
+            run("graphs, unfused", unfused, batch, args.gen)
+        del os.environ["NANOCHAT_NO_TRITON"]
     if args.profile and device.type == "cuda":
         profile(model, prompt)
     if args.json:

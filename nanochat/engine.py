@@ -11,14 +11,17 @@ Design choices:
 - the calculator tool is a tiny state machine per row: `<|python_start|>expr<|python_end|>` makes the engine
   force `<|output_start|>result<|output_end|>` into the stream; the expression is evaluated by an AST walker that
   knows numbers, + - * / // % **, unary minus and `"str".count("x")` -- never `eval`
-- temperature 0 is greedy (argmax, no RNG); otherwise a per-call torch.Generator seeded with `seed`
+- temperature 0 is greedy (argmax, no RNG); otherwise a per-call torch.Generator seeded with `seed` draws
+  exponential noise for the Gumbel-max trick (the same distribution as multinomial, half the GPU time)
 - streaming detokenisation holds back tokens until they decode to whole UTF-8 characters
 - on CUDA the Engine decodes with `StaticDecoder` (fast=None picks it): a static-shape cache, a tensor position
   and a CUDA graph of the one-token step; it computes what the plain path computes (tests compare them)
 
-Measured on one H100 (benchmarks/bench_infer.py, d20, see benchmarks/RESULTS.md): 574 tok/s at batch 1 and
-24,022 tok/s at batch 64 with StaticDecoder, against 48 and 2,441 tok/s for the plain cached loop.
-`compile=True` (torch.compile of the step) gains ~2% at batch 1 and recompiles per shape: off by default.
+Measured on one H100 (benchmarks/bench_infer.py, d20, see benchmarks/RESULTS.md): 1,054 tok/s at batch 1 and
+33,597 tok/s at batch 64 with StaticDecoder and the fused kernels, against 40 tok/s at batch 1 for the plain
+cached loop.
+torch.compile of the step was measured and made it slower (1.88 vs 1.50 ms per graph replay at batch 1): the
+step's elementwise work is fused by hand instead (nanochat/kernels.py).
 """
 import ast
 import math
@@ -28,6 +31,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+
+from nanochat import kernels
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,11 +191,15 @@ def sample_next_token(logits, rng=None, temperature=1.0, top_k=None):
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.size(-1))
         vals, idx = torch.topk(logits, k, dim=-1)
-        probs = F.softmax(vals / temperature, dim=-1)
-        choice = torch.multinomial(probs, num_samples=1, generator=rng)
-        return idx.gather(1, choice)
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=rng)
+        return idx.gather(1, _gumbel_argmax(vals / temperature, rng))
+    return _gumbel_argmax(logits / temperature, rng)
+
+
+def _gumbel_argmax(scaled_logits, rng):
+    """A sample of softmax(scaled_logits) per row: argmax(z - log E) with E ~ Exp(1) is distributed as
+    softmax(z) (the Gumbel-max trick), and costs an elementwise pass instead of a softmax plus a multinomial."""
+    noise = torch.empty_like(scaled_logits).exponential_(generator=rng)
+    return torch.argmax(scaled_logits - noise.log(), dim=-1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,9 +257,8 @@ class Engine:
     for sampled tokens and 0 for tokens forced by the tool. `generate_batch` collects whole sequences.
     """
 
-    def __init__(self, model, tokenizer, fast=None, compile=False):
+    def __init__(self, model, tokenizer, fast=None):
         self.model = model
-        self.compile = compile    # fast path only: torch.compile the decode step too (a minute of compiling)
         self.tokenizer = tokenizer
         device = _model_device(model)
         # the static CUDA-graph decoder pays off on GPU only; on CPU the plain path is as fast and simpler
@@ -308,8 +316,25 @@ class Engine:
 
         rows = [RowState(tokens) for _ in range(num_samples)]
         generated = 0
+        # On the GPU fast path the next step is launched before the host reads this column (see `ahead`)
+        pipelined = self.fast and device.type == "cuda"
+        host_ids = torch.empty(num_samples, dtype=torch.long, pin_memory=True) if pipelined else None
         while generated < budget and not all(r.completed for r in rows):
-            sampled = sample_next_token(logits, rng, temperature, top_k)[:, 0].tolist()
+            sampled_ids = sample_next_token(logits, rng, temperature, top_k)[:, 0]
+            # No row has a forced token pending, so this column is exactly what was sampled: feed it to the next
+            # step right away. The copy to the host is queued before the step, so it lands while the GPU works,
+            # and the Python below (tool state machine, the caller's code) overlaps with the step.
+            ahead = pipelined and generated + 1 < budget and not any(r.forced_tokens for r in rows)
+            if ahead:
+                host_ids.copy_(sampled_ids, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+                with self._autocast(device):
+                    next_logits = step(sampled_ids)
+                copied.synchronize()
+                sampled = host_ids.tolist()
+            else:
+                sampled = sampled_ids.tolist()
             token_column, token_masks = [], []
             for i, row in enumerate(rows):
                 forced = len(row.forced_tokens) > 0
@@ -336,14 +361,20 @@ class Engine:
             generated += 1
             if generated >= budget or all(r.completed for r in rows):
                 break
+            if ahead:
+                logits = next_logits
+                continue
+            # feed the sampled ids straight back unless the tool forced a token (saves a host->device copy)
+            if any(m == 0 for m in token_masks):
+                sampled_ids = torch.tensor(token_column, dtype=torch.long, device=device)
             with self._autocast(device):
-                logits = step(torch.tensor(token_column, dtype=torch.long, device=device))
+                logits = step(sampled_ids)
 
     def _decoder(self, batch, max_len, prefill_cache, dims):
         """A function (B,) next ids -> (B, V) logits that advances the cache by one position."""
         if self.fast:
             if self._static is None:
-                self._static = StaticDecoder(self.model, compile=self.compile)
+                self._static = StaticDecoder(self.model)
             return self._static.start(batch, max_len, prefill_cache)
         cache = KVCache(batch_size=batch, seq_len=max_len, **dims)
         cache.prefill(prefill_cache)
@@ -398,23 +429,17 @@ class StaticDecoder:
         needed = ("transformer", "lm_head", "cos", "sin", "softcap")
         return all(hasattr(model, n) for n in needed) and hasattr(model.transformer, "h")
 
-    def __init__(self, model, dtype=torch.bfloat16, use_graphs=None, compile=False):
+    def __init__(self, model, dtype=torch.bfloat16, use_graphs=None):
         self.model = model
-        # optional: let Inductor fuse the ~20 small elementwise kernels per layer (one compile, dynamic shapes)
-        self._run = torch.compile(self._forward) if compile else self._forward
+        self._run = self._forward
         self.device = _model_device(model)
         self.dtype = dtype
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
         c = model.config
         self.L, self.H, self.Hkv, self.D = c.n_layer, c.n_head, c.n_kv_head, c.n_embd // c.n_head
         self.gqa = bool(self.H != self.Hkv)
-        # fixed patterns of the rotation matrix (built here, not in the step: a compiled step must not mutate us)
-        D, d = self.D, self.D // 2
-        eye = torch.eye(D, device=self.device)
-        swap = torch.zeros(D, D, device=self.device)
-        swap[torch.arange(d), torch.arange(d) + d] = 1.0                  # x_i contributes +sin to out_{i+d}
-        swap[torch.arange(d) + d, torch.arange(d)] = -1.0                 # x_{i+d} contributes -sin to out_i
-        self._rot_masks = (eye, swap)
+        # rotary tables as (T_rot, D/2) rows, indexed by the device-side position inside the step
+        self._cos_sin = (model.cos[0, :, 0].contiguous(), model.sin[0, :, 0].contiguous())
         self.B = self.T_cap = None
         self.graphs = {}
         self.weights = None
@@ -486,44 +511,36 @@ class StaticDecoder:
         self.pos.copy_(saved)                     # capture records, it does not run; be explicit anyway
         return graph, out
 
-    def _rotation(self, pos):
-        """RoPE at position `pos` as one (D, D) matrix R, so that rotate(x) = x @ R: one matmul per layer instead
-        of seven elementwise kernels. R[i, i] = R[i+d, i+d] = cos_i, R[i, i+d] = sin_i, R[i+d, i] = -sin_i."""
-        d = self.D // 2
-        cos = self.model.cos[0, :, 0].index_select(0, pos).view(d)           # (d,)
-        sin = self.model.sin[0, :, 0].index_select(0, pos).view(d)
-        eye, swap = self._rot_masks
-        return (eye * torch.cat([cos, cos]) + swap * torch.cat([sin, sin])).to(self.dtype)
-
     def _forward(self, bucket):
-        """One token for every row: reads self.ids and self.pos, writes the caches, advances self.pos."""
+        """One token for every row: reads self.ids and self.pos, writes the caches, advances self.pos.
+
+        Per layer: add+norm, qkv matmul, rotary+QK-norm+cache write, attention, proj matmul, add+norm, fc matmul,
+        relu^2, down matmul -- ten kernels instead of ~22 (nanochat.kernels fuses the elementwise work)."""
         m, H, Hkv, D, dt = self.model, self.H, self.Hkv, self.D, self.dtype
         B = self.ids.size(0)
         pos = self.pos.view(1)
-        R = self._rotation(pos)                                                # (D, D), shared by all layers
-        # additive mask over the bucket, built once per step: 0 up to pos, -inf after
-        keep = torch.arange(bucket, device=self.device) <= self.pos
-        mask = torch.zeros(bucket, dtype=dt, device=self.device).masked_fill(~keep, float("-inf"))
-        mask = mask.view(1, 1, 1, bucket)
-        x = F.rms_norm(m.transformer.wte(self.ids).float(), (m.config.n_embd,))           # (B, C) fp32
+        cos, sin = self._cos_sin
+        # attention: the Triton kernel reads the length from pos and only the filled part of the cache; without
+        # Triton, SDPA over the bucket with an additive mask (0 up to pos, -inf after), built once per step
+        fused_attn = kernels.use_triton(self.k_cache)
+        if not fused_attn:
+            keep = torch.arange(bucket, device=self.device) <= self.pos
+            mask = torch.zeros(bucket, dtype=dt, device=self.device).masked_fill(~keep, float("-inf"))
+            mask = mask.view(1, 1, 1, bucket)
+        x = F.rms_norm(m.transformer.wte(self.ids).float(), (m.config.n_embd,))           # (B, C) fp32 stream
+        h = kernels.add_rms_norm(x, None, dt)
         for i, w in enumerate(self.weights):
-            h = F.rms_norm(x, (x.size(-1),)).to(dt)
-            qkv = h @ w["qkv"].t()                                            # (B, (H + 2 Hkv) D)
-            qk = qkv[:, :(H + Hkv) * D].view(B, H + Hkv, D) @ R              # rotary on q and k at once
-            qk = F.rms_norm(qk, (D,))                                         # QK-norm
-            v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
-            q, k = qk[:, :H, None, :], qk[:, H:, None, :]                      # (B, H, 1, D), (B, Hkv, 1, D)
-            self.k_cache[i].index_copy_(2, pos, k)
-            self.v_cache[i].index_copy_(2, pos, v)
-            kc, vc = self.k_cache[i, :, :, :bucket], self.v_cache[i, :, :, :bucket]
-            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=self.gqa)  # (B, H, 1, D)
-            x.add_(y.reshape(B, H * D) @ w["proj"].t())                       # bf16 into the fp32 stream
-            h = F.rms_norm(x, (x.size(-1),)).to(dt)
-            x.add_(F.relu(h @ w["fc"].t()).square() @ w["down"].t())
-        logits = (F.rms_norm(x, (x.size(-1),)).to(dt) @ self.lm_head.t()).float()
+            q = kernels.rope_norm_cache(h @ w["qkv"].t(), cos, sin, pos, self.k_cache[i], self.v_cache[i], H, Hkv)
+            if fused_attn:
+                y = kernels.decode_attention(q, self.k_cache[i], self.v_cache[i], pos)        # (B, H, 1, D)
+            else:
+                kc, vc = self.k_cache[i, :, :, :bucket], self.v_cache[i, :, :, :bucket]
+                y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=self.gqa)
+            h = kernels.add_rms_norm(x, y.reshape(B, H * D) @ w["proj"].t(), dt)   # x += attn; h = norm(x)
+            u = kernels.relu_square_(h @ w["fc"].t())
+            h = kernels.add_rms_norm(x, u @ w["down"].t(), dt)                     # x += mlp; h = norm(x)
         self.pos.add_(1)
-        return m.softcap * torch.tanh(logits / m.softcap)
-
+        return kernels.softcap(h @ self.lm_head.t(), m.softcap)                     # h is the final norm(x)
 
 if __name__ == "__main__":
     import doctest
