@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +66,20 @@ def offline_data(env: dict):
         proc.wait()
 
 
+def local_mathjax(out: Path):
+    """MathJax (2.7, from the `jupyter_server_mathjax` wheel) staged as OUT/_mathjax/mathjax, so the site typesets
+    formulas with no network; None (the theme's CDN default) when the package is not installed."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    staged = out / "_mathjax"
+    if not (staged / "mathjax" / "MathJax.js").exists():
+        shutil.copytree(src, staged / "mathjax", dirs_exist_ok=True)
+    return staged
+
+
 def write_config(out: Path, execute: bool) -> Path:
     """A copy of _config.yml with execution on (cache) or off."""
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -75,6 +90,17 @@ def write_config(out: Path, execute: bool) -> Path:
     for name, folder in local.items():
         local[name] = str((ROOT / folder).resolve())
     out.mkdir(parents=True, exist_ok=True)
+    mathjax = local_mathjax(out)
+    if mathjax is not None:
+        extra = cfg.setdefault("sphinx", {}).setdefault("config", {})
+        # html_extra_path (copied to the site's root as is), not html_static_path: jupyter-book would add every
+        # .js file of a static folder to every page. mathjax_path is relative to _static.
+        extra["html_extra_path"] = [str(mathjax)]
+        extra["mathjax_path"] = "../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+        # jupyter-book configures MathJax 3 (typeset only inside the `math` and output classes); say the same to 2
+        extra["mathjax3_config"] = None
+        extra["mathjax2_config"] = {"tex2jax": {"processClass": "tex2jax_process|mathjax_process|math|output_area",
+                                                "ignoreClass": "tex2jax_ignore|mathjax_ignore"}}
     path = out / "_config.generated.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return path

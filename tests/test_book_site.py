@@ -298,6 +298,18 @@ def test_browser_walks_every_page(site, tmp_path):
                     problems.append(f"{url}: {rendered} code cells rendered, the source has {n_cells}")
         assert not problems, "\n".join(problems)
 
+        # 3. Formulas are typeset by the MathJax the site serves itself (no CDN: this machine may be offline).
+        browser.open(server.url + "chapters/04-modern-attention.html")
+        src = browser.js("Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))")
+        assert src and all(s.startswith(server.url) for s in src), f"MathJax not served by the site: {src}"
+        typeset = 0
+        for _ in range(100):                     # MathJax typesets after the page has loaded
+            typeset = browser.js("document.querySelectorAll('.MathJax_CHTML, .MathJax_Display, .MathJax').length")
+            if typeset:
+                break
+            time.sleep(0.1)
+        assert typeset > 0, "no formula was typeset on chapter 4"
+
         # 3. A chapter screenshot (the first chapter; the references page until one exists).
         chapters = existing_chapters()
         browser.open(server.url + (chapters[0] if chapters else "references") + ".html")
