@@ -16,6 +16,7 @@ Design choices:
 """
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -163,6 +164,25 @@ def pages_without_outputs(html_dir: Path) -> list[str]:
     return missing
 
 
+def record_times(times: dict, scale: str, failed: set) -> None:
+    """Write the chapters' execution times of this build into chapters/_timings.json at `scale` (each chapter's
+    "Run it yourself" box shows them). Unlike `dev/chapter_times.py` (each chapter alone, from an empty folder),
+    chapters here run in book order and reuse the artifacts earlier chapters built; the entry says so."""
+    sys.path.insert(0, str(ROOT / "dev"))
+    from chapter_times import TIMINGS, machine
+    data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    load = round(os.getloadavg()[0], 1)
+    for stem, secs in times.items():
+        if not stem[:2].isdigit():
+            continue
+        data.setdefault(stem, {})[scale] = {
+            "seconds": round(secs, 1), "passed": stem not in failed, "machine": machine(scale),
+            "date": time.strftime("%Y-%m-%d"), "load_avg_1min": load,
+            "summary": "executed by `make book` (in book order, reusing earlier chapters' artifacts)"}
+    TIMINGS.write_text(json.dumps(dict(sorted(data.items())), indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {len(times)} chapter times at scale={scale} in {TIMINGS.relative_to(ROOT)}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Build the nanochat book website.")
     ap.add_argument("--out", default=str(ROOT), help="output folder (the site lands in OUT/_build/html)")
@@ -171,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-execute", action="store_true", help="render chapters without running them (CI)")
     ap.add_argument("--strict", action="store_true", help="warnings are errors (-W --keep-going)")
     ap.add_argument("--all", action="store_true", help="rebuild every page, not only changed ones")
+    ap.add_argument("--no-record", dest="record", action="store_false",
+                    help="do not write the chapters' execution times into chapters/_timings.json")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -178,8 +200,11 @@ def main(argv=None) -> int:
     dt = time.time() - t0
     html = Path(args.out).resolve() / "_build" / "html" / "index.html"
     mode = "no execution" if args.no_execute else f"executed at scale={args.scale}"
-    for name, secs in sorted(executed_times(Path(args.out)).items()):
+    times = executed_times(Path(args.out))
+    for name, secs in sorted(times.items()):
         print(f"  {name:28s} {secs / 60:6.1f} min")
+    if times and not args.no_execute and args.record:
+        record_times(times, args.scale, failed={Path(f).stem for f in proc.stderr})
     for path in proc.stderr:
         print(f"  FAILED to execute: {path} (its page has no outputs; the traceback is in the log above)")
     rc = proc.returncode
