@@ -57,7 +57,8 @@ def format_runtime(entry: dict) -> str:
     status = "" if entry.get("passed", True) else " (FAILED: this run did not finish)"
     busy = f"load {entry['load_avg_1min']}" if "load_avg_1min" in entry else None
     where = ", ".join(x for x in (entry.get("machine"), busy, entry.get("date")) if x)
-    return f"{took}{status}" + (f" on {where}" if where else "")
+    how = " (in `make book`, after the chapters before it)" if "make book" in entry.get("summary", "") else ""
+    return f"{took}{status}{how}" + (f" on {where}" if where else "")
 
 
 def load_timings(env) -> dict:

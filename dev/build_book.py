@@ -68,14 +68,14 @@ def offline_data(env: dict):
 
 
 def local_mathjax(out: Path):
-    """MathJax (2.7, from the `jupyter_server_mathjax` wheel) staged as OUT/_mathjax/mathjax, so the site typesets
-    formulas with no network; None (the theme's CDN default) when the package is not installed."""
+    """MathJax (2.7, from the `jupyter_server_mathjax` wheel) staged as OUT/_build/_mathjax/mathjax and copied
+    into the site, so formulas render with no network; None (the theme's CDN default) without the package."""
     try:
         import jupyter_server_mathjax
     except ImportError:
         return None
     src = Path(jupyter_server_mathjax.__file__).parent / "static"
-    staged = out / "_mathjax"
+    staged = out / "_build" / "_mathjax"
     if not (staged / "mathjax" / "MathJax.js").exists():
         shutil.copytree(src, staged / "mathjax", dirs_exist_ok=True)
     return staged
@@ -164,23 +164,27 @@ def pages_without_outputs(html_dir: Path) -> list[str]:
     return missing
 
 
-def record_times(times: dict, scale: str, failed: set) -> None:
+def record_times(times: dict, scale: str, failed: set) -> bool:
     """Write the chapters' execution times of this build into chapters/_timings.json at `scale` (each chapter's
     "Run it yourself" box shows them). Unlike `dev/chapter_times.py` (each chapter alone, from an empty folder),
-    chapters here run in book order and reuse the artifacts earlier chapters built; the entry says so."""
+    chapters here run in book order and reuse the artifacts earlier chapters built; the entry says so.
+    Returns whether the file changed."""
     sys.path.insert(0, str(ROOT / "dev"))
     from chapter_times import TIMINGS, machine
     data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    load = round(os.getloadavg()[0], 1)
     for stem, secs in times.items():
         if not stem[:2].isdigit():
             continue
         data.setdefault(stem, {})[scale] = {
             "seconds": round(secs, 1), "passed": stem not in failed, "machine": machine(scale),
-            "date": time.strftime("%Y-%m-%d"), "load_avg_1min": load,
+            "date": time.strftime("%Y-%m-%d"),
             "summary": "executed by `make book` (in book order, reusing earlier chapters' artifacts)"}
-    TIMINGS.write_text(json.dumps(dict(sorted(data.items())), indent=1, ensure_ascii=False) + "\n")
-    print(f"recorded {len(times)} chapter times at scale={scale} in {TIMINGS.relative_to(ROOT)}")
+    text = json.dumps(dict(sorted(data.items())), indent=1, ensure_ascii=False) + "\n"
+    changed = not TIMINGS.exists() or TIMINGS.read_text() != text
+    TIMINGS.write_text(text)
+    print(f"recorded {len(times)} chapter times at scale={scale} in {TIMINGS.relative_to(ROOT)}"
+          f"{'' if changed else ' (unchanged)'}")
+    return changed
 
 
 def main(argv=None) -> int:
@@ -204,7 +208,9 @@ def main(argv=None) -> int:
     for name, secs in sorted(times.items()):
         print(f"  {name:28s} {secs / 60:6.1f} min")
     if times and not args.no_execute and args.record:
-        record_times(times, args.scale, failed={Path(f).stem for f in proc.stderr})
+        if record_times(times, args.scale, failed={Path(f).stem for f in proc.stderr}):
+            # the pages were written before the times were known: render them again (cached, no execution)
+            build(Path(args.out), execute=True, strict=args.strict, scale=args.scale, quiet=True)
     for path in proc.stderr:
         print(f"  FAILED to execute: {path} (its page has no outputs; the traceback is in the log above)")
     rc = proc.returncode
