@@ -183,10 +183,12 @@ def main():
         print(f"greedy agreement fast vs plain (bf16): first {agree} of {len(a)} tokens identical")
         print(f"first decode step, fast vs plain logits: {logit_gap(model, prompt)}")
         os.environ["NANOCHAT_NO_TRITON"] = "1"      # the same decoder, elementwise ops unfused (as before)
-        unfused = Engine(model, tok, fast=True)
-        for batch in args.compare_unfused:
-            run("graphs, unfused", unfused, batch, args.gen)
-        del os.environ["NANOCHAT_NO_TRITON"]
+        try:
+            unfused = Engine(model, tok, fast=True)
+            for batch in args.compare_unfused:
+                run("graphs, unfused", unfused, batch, args.gen)
+        finally:
+            del os.environ["NANOCHAT_NO_TRITON"]
     if args.profile and device.type == "cuda":
         profile(model, prompt)
     if args.json:

@@ -415,8 +415,11 @@ class StaticDecoder:
       every start keeps us right when the model is being trained between generations (RL)
     - the cache is (n_layer, B, n_kv_head, T_cap, head_dim) for keys and for values; the position is a 0-d
       tensor on the device, so the graph reads it instead of baking in a Python int
-    - attention reads only the first `bucket` positions (a multiple of `bucket_size`), masked beyond `pos`; a graph
-      is captured per (batch, bucket), so attention cost grows with the real length, not with T_cap
+    - the elementwise work between the matmuls runs in fused Triton kernels (nanochat.kernels), including the
+      attention of the new token, which reads the length from `pos`: one graph per batch size serves every length
+    - without Triton (CPU, or NANOCHAT_NO_TRITON=1) attention is SDPA over the first `bucket` positions (a multiple
+      of `bucket_size`), masked beyond `pos`, with a graph per (batch, bucket) on CUDA, so its cost still follows
+      the real length rather than T_cap
     - the residual stream stays fp32 and the matmuls run in bf16, as under the model's autocast
 
     It mirrors `nanochat.gpt.GPT.forward` for a single token (the tests compare the two).
@@ -431,7 +434,6 @@ class StaticDecoder:
 
     def __init__(self, model, dtype=torch.bfloat16, use_graphs=None):
         self.model = model
-        self._run = self._forward
         self.device = _model_device(model)
         self.dtype = dtype
         self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
@@ -483,10 +485,13 @@ class StaticDecoder:
     def step(self, ids):
         if self.host_pos >= self.T_cap:
             raise ValueError(f"KV cache is full ({self.T_cap} positions)")
-        bucket = min(self.T_cap, (self.host_pos // self.bucket_size + 1) * self.bucket_size)
+        if kernels.use_triton(self.k_cache):      # the fused attention reads the length itself: one graph
+            bucket = self.T_cap
+        else:
+            bucket = min(self.T_cap, (self.host_pos // self.bucket_size + 1) * self.bucket_size)
         self.ids.copy_(ids)
         if not self.use_graphs:
-            out = self._run(bucket)
+            out = self._forward(bucket)
         else:
             if bucket not in self.graphs:
                 self.graphs[bucket] = self._capture(bucket)
@@ -500,14 +505,14 @@ class StaticDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):           # warm up (cuBLAS workspaces) off the capture
-            self._run(bucket)
+            self._forward(bucket)
         torch.cuda.current_stream().wait_stream(stream)
         self.pos.copy_(saved)                     # the warm-up advanced it; its cache writes get overwritten
         graph = torch.cuda.CUDAGraph()
         # thread_local: the server runs one worker thread per GPU, and another thread's allocations must not
         # invalidate this capture
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self._run(bucket)
+            out = self._forward(bucket)
         self.pos.copy_(saved)                     # capture records, it does not run; be explicit anyway
         return graph, out
 
@@ -515,7 +520,7 @@ class StaticDecoder:
         """One token for every row: reads self.ids and self.pos, writes the caches, advances self.pos.
 
         Per layer: add+norm, qkv matmul, rotary+QK-norm+cache write, attention, proj matmul, add+norm, fc matmul,
-        relu^2, down matmul -- ten kernels instead of ~22 (nanochat.kernels fuses the elementwise work)."""
+        relu^2, down matmul -- about ten kernels instead of ~22 (nanochat.kernels fuses the elementwise work)."""
         m, H, Hkv, D, dt = self.model, self.H, self.Hkv, self.D, self.dtype
         B = self.ids.size(0)
         pos = self.pos.view(1)
