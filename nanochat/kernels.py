@@ -2,7 +2,7 @@
 Fused elementwise kernels for the one-token decode step (Triton on CUDA, plain PyTorch everywhere else).
 
 Why: at batch 1 a d20 decode step is not limited by arithmetic or bandwidth but by the number of kernels. The
-plain step launches ~440 of them, ~340 of which are tiny elementwise ops (norm, cast, rotary, cache write, add,
+unfused step launches ~440 of them, ~340 of which are tiny elementwise ops (norm, cast, rotary, cache write, add,
 relu, square) at 1-3 us each, as much GPU time as all the matmuls together (benchmarks/RESULTS.md). Each
 function here does one such group in a single kernel. torch.compile was measured as the alternative and made
 the step slower (graph replay 1.88 vs 1.50 ms at batch 1), so the fusion is written by hand.
@@ -48,6 +48,7 @@ def add_rms_norm(x: torch.Tensor, y, out_dtype) -> torch.Tensor:
         if y is not None:
             x.add_(y)
         return F.rms_norm(x, (x.size(-1),)).to(out_dtype)
+    assert x.is_contiguous() and (y is None or y.is_contiguous()), "the kernel indexes rows as row * C"
     B, C = x.shape
     out = torch.empty((B, C), dtype=out_dtype, device=x.device)
     _add_rms_norm_kernel[(B,)](x, x if y is None else y, out, C, _eps(x.dtype), HAS_Y=y is not None,
@@ -94,6 +95,7 @@ def decode_attention(q, k_cache, v_cache, pos):
     if not use_triton(q):
         n = int(pos.item()) + 1
         return F.scaled_dot_product_attention(q, k_cache[:, :, :n], v_cache[:, :, :n], enable_gqa=H != Hkv)
+    assert q.is_contiguous() and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     out = torch.empty_like(q)
     # Few (row, head) pairs cannot fill the GPU (batch 1 of d20 is 10 programs): then the keys are split into
     # up to 16 ranges, each program returns its partial softmax (max, sum, weighted values) and a second kernel
@@ -114,6 +116,7 @@ def decode_attention(q, k_cache, v_cache, pos):
 def relu_square_(x: torch.Tensor) -> torch.Tensor:
     if not use_triton(x):
         return x.relu_().square_()
+    assert x.is_contiguous()
     n = x.numel()
     _relu_square_kernel[(triton.cdiv(n, 1024),)](x, n, BLOCK=1024)
     return x
@@ -123,6 +126,7 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """cap * tanh(logits / cap) in fp32."""
     if not use_triton(logits):
         return cap * torch.tanh(logits.float() / cap)
+    assert logits.is_contiguous()
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     n = logits.numel()
     _softcap_kernel[(triton.cdiv(n, 4096),)](logits, out, n, cap, BLOCK=4096)

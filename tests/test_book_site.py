@@ -310,7 +310,7 @@ def test_browser_walks_every_page(site, tmp_path):
             time.sleep(0.1)
         assert typeset > 0, "no formula was typeset on chapter 4"
 
-        # 3. A chapter screenshot (the first chapter; the references page until one exists).
+        # 4. A chapter screenshot (the first chapter; the references page until one exists).
         chapters = existing_chapters()
         browser.open(server.url + (chapters[0] if chapters else "references") + ".html")
         browser.screenshot(ARTIFACTS / "site-chapter.png")
