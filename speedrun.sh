@@ -10,13 +10,14 @@
 #
 # Tiers (time and cost as measured or as the series reports them; see chapter 10):
 #   smoke  every stage for a few steps, depth 2            3.6 CPU-min; 15 min wall on a shared 2-core box (load 17)
-#   cpu    depth 4, a real (small) run end to end          aimed at <= 30 min on 2 idle CPU cores (not yet timed)
+#   cpu    depth 4, a real (small) run end to end          9 min 27 s on 2 CPU cores, venv in place (README)
 #   d20    561M params, 20 tokens/param (the "$100" run)   ~4 h on 8xH100 (~$24/h)
 #   d26    ~1.1B params, beats GPT-2 on CORE               ~12 h on 8xH100 (~$300)
 #   d32    ~1.9B params                                    more than a day on 8xH100
 # Other knobs: NANOCHAT_BASE_DIR (artifacts; cpu/smoke default to ~/.cache/nanochat/speedrun-<tier>),
 # NPROC (GPUs to use), WANDB_RUN (wandb run name; default off), SKIP_SETUP=1 (use the current .venv as is),
-# SKIP_RL=1 (stop after SFT).
+# SKIP_RL=1 (stop after SFT), FP8=1 (GPU tiers: pretrain with fp8 block matmuls, nanochat/fp8.py; +8.7% tok/s
+# at d20 on one H100, benchmarks/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 T_START=$(date +%s)
@@ -138,6 +139,8 @@ if [ "$SMALL" = 1 ]; then
   SFT_X=(--eval-every -1 --eval-steps 2 --target-examples-per-step 8 --eval-max-problems "$CHAT_N")
   RL_X=(--device-batch-size 4 --examples-per-step 2 --num-samples 4 --max-new-tokens 48 --eval-every -1
         --eval-examples "$CHAT_N" --eval-samples 2)
+elif [ "${FP8:-0}" = 1 ]; then
+  BASE_X=(--fp8)
 fi
 stage base_train "${RUN[@]}" scripts.base_train --depth "$DEPTH" --max-seq-len "$SEQ" --device-batch-size "$DBS" \
   --total-batch-size "$TBS" $(iters $BASE_IT) --eval-tokens "$EVAL_TOK" --run "$WANDB_RUN" "${DEV[@]}" "${BASE_X[@]}"

@@ -5,6 +5,7 @@ plus the dataloader's own tokens/s on the machine's CPUs.
 
     python -m benchmarks.bench_train                           # everything (d12, d20, levers, loader) ~7 min H100
     python -m benchmarks.bench_train --only d12 --steps 3      # one configuration
+    python -m benchmarks.bench_train --only d20 --fp8          # d20 with fp8 block matmuls (H100)
     python -m benchmarks.bench_train --device cpu --depths 2 --seq-len 128 --device-batch-size 2 \\
         --total-batch-size 512 --only default --no-loader     # smoke test on a laptop
 
@@ -44,7 +45,7 @@ def sdpa_context(backend):
                         "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
 
 
-def bench_step(depth, args, device, compile_model=True, backend="default", compile_ns=True):
+def bench_step(depth, args, device, compile_model=True, backend="default", compile_ns=True, fp8=False):
     """Median time of full optimizer steps (grad accumulation included) for one configuration."""
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -53,6 +54,9 @@ def bench_step(depth, args, device, compile_model=True, backend="default", compi
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()
+    if fp8:
+        from nanochat.fp8 import convert_to_float8
+        convert_to_float8(model)
     opts = setup_optimizers(model)
     opts[1].compiled = compile_ns and device.type == "cuda"
     cmodel = torch.compile(model, dynamic=False) if compile_model else model
@@ -106,7 +110,7 @@ def bench_step(depth, args, device, compile_model=True, backend="default", compi
     fpt = model.estimate_flops()
     peak = peak_flops(device)
     rec = {"what": "train_step", "depth": depth, "params": sum(p.numel() for p in model.parameters()),
-           "compile": compile_model, "sdpa": backend, "ns_compiled": opts[1].compiled,
+           "compile": compile_model, "sdpa": backend, "fp8": fp8, "ns_compiled": opts[1].compiled,
            "device_batch": B, "seq": T, "total_batch": accum * B * T, "accum": accum,
            "step_s_median": round(dt, 4), "step_s_all": [round(t, 4) for t in times],
            "tok_per_s": round(accum * B * T / dt), "flops_per_token": fpt,
@@ -159,6 +163,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list of: default, levers, d12, d20 (empty = all)")
+    ap.add_argument("--fp8", action="store_true", help="the headline rows with fp8 block matmuls (nanochat.fp8)")
     ap.add_argument("--loader", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--loader-threads", default="16,4")
     ap.add_argument("--loader-seconds", type=float, default=15)
@@ -172,22 +177,20 @@ def main():
     log(args.out, info)
     only = set(filter(None, args.only.split(",")))
     depths = [int(d) for d in args.depths.split(",")]
-    plan = []
-    for d in depths:
-        if not only or "default" in only or f"d{d}" in only:
-            plan.append(dict(depth=d))
+    headline = [dict(depth=d, fp8=args.fp8) for d in depths
+                if not only or "default" in only or f"d{d}" in only]
+    levers = []
     if not only or "levers" in only:
         d = depths[0]
-        plan += [dict(depth=d, backend="cudnn"), dict(depth=d, backend="flash"),
-                 dict(depth=d, compile_ns=False), dict(depth=d, compile_model=False)]
+        levers = [dict(depth=d, backend="cudnn"), dict(depth=d, backend="flash"), dict(depth=d, compile_ns=False),
+                  dict(depth=d, compile_model=False), dict(depth=d, fp8=not args.fp8)]
     def run_step(kw):
         try:
             log(args.out, bench_step(args=args, device=device, **kw))
         except Exception as e:   # keep measuring the rest
             log(args.out, {"what": "train_step", **kw, "error": repr(e)[:800]})
 
-    n_default = sum(1 for kw in plan if len(kw) == 1)
-    for kw in plan[:n_default]:          # the headline numbers first, then the loader, then the levers
+    for kw in headline:                  # the headline numbers first, then the loader, then the levers
         run_step(kw)
     if args.loader and (not only or "loader" in only):
         for th in [int(t) for t in args.loader_threads.split(",")]:
@@ -195,7 +198,7 @@ def main():
                 log(args.out, bench_loader(args, device, th))
             except Exception as e:
                 log(args.out, {"what": "loader", "threads": th, "error": repr(e)[:500]})
-    for kw in plan[n_default:]:
+    for kw in levers:
         run_step(kw)
 
 

@@ -63,6 +63,7 @@ def get_args(argv=None):
     a("--model-tag", default=None, help="default d{depth}")
     a("--resume", action="store_true", help="continue from the last complete checkpoint of this model tag")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    a("--fp8", action="store_true", help="block matmuls in fp8 for training (Hopper GPUs; nanochat.fp8)")
     a("--tokenizer-threads", type=int, default=4)
     a("--seed", type=int, default=42)
     return p.parse_args(argv)
@@ -132,6 +133,11 @@ def main(argv=None):
         orig_model = GPT(config)
     orig_model.to_empty(device=device)
     orig_model.init_weights()
+    if args.fp8:
+        from nanochat.fp8 import convert_to_float8, fp8_supported
+        if not fp8_supported(device):
+            raise SystemExit(f"--fp8: this device ({device}) cannot run fp8 matmuls (needs an H100-class GPU)")
+        convert_to_float8(orig_model)     # same parameters and checkpoint keys; only the training matmuls change
     model = torch.compile(orig_model, dynamic=False) if use_compile else orig_model
     num_params = sum(p.numel() for p in orig_model.parameters())
     flops_per_token = orig_model.estimate_flops()
@@ -158,6 +164,7 @@ def main(argv=None):
         "num_iterations": num_iterations, "training_tokens": total_tokens,
         "tokens_per_param": round(total_tokens / num_params, 2), "total_training_flops": flops_per_token * total_tokens,
         "device": str(device), "autocast": str(amp_dtype), "compile": use_compile,
+        "fp8": args.fp8,
     }
     print0("base_train: " + json.dumps(derived, indent=1))
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from nanochat.fp8 import fp8_supported
 from scripts.base_train import lr_multiplier, muon_momentum
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,3 +106,16 @@ def test_torchrun_two_gloo_processes(train_env, base_dir):
     assert os.path.exists(base_dir / "base_checkpoints" / "d2" / "optim_000004_rank1.pt")
     losses = _losses(base_dir / "base_checkpoints" / "d2" / "log.jsonl")
     assert len(losses) == 4 and losses[4] < losses[1]
+
+
+@pytest.mark.skipif(not fp8_supported("cpu"), reason="this PyTorch build has no CPU torch._scaled_mm")
+def test_fp8_run_writes_an_ordinary_checkpoint(train_env, base_dir):
+    from nanochat.checkpoint_manager import load_model
+    out = _run(train_env, "--num-iterations", "4", "--save-every", "-1", "--fp8", "--model-tag", "f8")
+    assert '"fp8": true' in out
+    losses = _losses(base_dir / "base_checkpoints" / "f8" / "log.jsonl")
+    assert len(losses) == 4 and losses[4] < losses[1]
+    # fp8 changes how the training matmuls run, not the model: the checkpoint loads as a plain bf16/fp32 GPT
+    model, _, meta = load_model("base", torch.device("cpu"), phase="eval", model_tag="f8")   # base_dir is set
+    assert meta["user_config"]["fp8"] is True
+    assert {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)} == {"Linear"}
