@@ -547,6 +547,7 @@ class StaticDecoder:
         self.pos.add_(1)
         return kernels.softcap(h @ self.lm_head.t(), m.softcap)                     # h is the final norm(x)
 
+
 if __name__ == "__main__":
     import doctest
     doctest.testmod()
