@@ -7,9 +7,18 @@ Design choices:
 - bytes go to `<dest>.tmp`, are checked against Content-Length, then renamed: a reader never sees half a file
 - an interrupted `.tmp` is resumed with an HTTP Range request when the server honours it, else restarted
 - a few retries with exponential backoff for flaky networks; a 404 fails at once (retrying cannot help)
+- processes fetching the same file at once (every DDP rank on first use, two runs sharing a cache) take turns
+  through `<dest>.lock`: one downloads, the others wait and find the file there; without this they would share
+  one `.tmp` and trip over each other's rename
 """
 import os
 import time
+from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:       # not POSIX: no cross-process lock (concurrent fetches of one file are then unsafe)
+    fcntl = None
 
 import requests
 from tqdm.auto import tqdm
@@ -61,12 +70,42 @@ def _fetch_once(url: str, dest: str, timeout: float, desc: str | None) -> None:
     os.replace(tmp, dest)                 # atomic on POSIX: readers see the old state or the whole file
 
 
+@contextmanager
+def _exclusive(lock_path: str):
+    """Hold an exclusive cross-process lock (flock) on `lock_path`; the file is removed on release."""
+    if fcntl is None:
+        yield
+        return
+    while True:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)      # the previous holder removed this file as it let go: lock the one that is there now
+    try:
+        yield
+    finally:
+        os.unlink(lock_path)   # before unlocking, so a waiter on the old file sees it is stale and retries
+        os.close(fd)
+
+
 def download_url(url: str, dest: str, retries: int = 5, timeout: float = 30.0, backoff: float = 1.0,
                  desc: str | None = None) -> str:
     """Download `url` to `dest` unless it is already there. Returns `dest`."""
     if os.path.exists(dest):
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    with _exclusive(dest + ".lock"):
+        if os.path.exists(dest):          # another process fetched it while we waited
+            return dest
+        return _download_with_retries(url, dest, retries, timeout, backoff, desc)
+
+
+def _download_with_retries(url, dest, retries, timeout, backoff, desc) -> str:
     last = None
     for attempt in range(retries):
         try:

@@ -2,6 +2,7 @@
 import http.server
 import os
 import threading
+import time
 
 import pytest
 
@@ -116,3 +117,43 @@ def test_server_dies_every_time_leaves_no_file(tmp_path):
     finally:
         srv.close()
     assert not dest.exists()   # the reader-visible path never holds a partial file
+
+
+def test_concurrent_downloads_of_one_file_take_turns(tmp_path):
+    """Every DDP rank fetches a missing shard on first use: one download, the others find the file."""
+    calls = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            calls.append(1)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            for i in range(0, len(PAYLOAD), 1 << 16):      # slow enough that the fetches would overlap
+                self.wfile.write(PAYLOAD[i:i + (1 << 16)])
+                time.sleep(0.01)
+
+    srv = _Server(Slow)
+    dest = tmp_path / "shard.parquet"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download.download_url(srv.url + "/f", str(dest), retries=1))
+        except Exception as e:                               # collected: a thread's exception would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        srv.close()
+    assert not errors and results == [str(dest)] * 4
+    assert dest.read_bytes() == PAYLOAD and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.parquet"]     # no .tmp or .lock left behind
