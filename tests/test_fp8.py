@@ -6,6 +6,7 @@ does it); the H100 numbers are in benchmarks/RESULTS.md.
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nanochat.fp8 import E4M3, E5M2, Float8Linear, convert_to_float8, fp8_supported, to_fp8
 from nanochat.gpt import GPT, config_for_depth
@@ -31,19 +32,43 @@ def test_to_fp8_maps_the_largest_value_to_the_top_of_the_range():
     assert torch.isfinite(zinv) and (z8.float() == 0).all()
 
 
+def test_a_known_bound_replaces_the_amax_and_rmsnorm_outputs_respect_sqrt_k():
+    K = 768
+    # the worst case for a row of RMS 1: all its mass in one element, which becomes exactly sqrt(K)
+    rows = torch.zeros(3, K)
+    rows[0, 5] = 7.0
+    rows[1] = torch.randn(K)
+    rows[2, :2] = torch.tensor([1e3, -1e3])
+    normed = F.rms_norm(rows, (K,))
+    assert normed.abs().max() <= K ** 0.5
+    x8, inv = to_fp8(normed, E4M3, bound=K ** 0.5)
+    # the scale comes from the bound, not the data: sqrt(K) maps to the top of e4m3, nothing saturates
+    torch.testing.assert_close(inv, torch.tensor(K ** 0.5 / 448.0), rtol=1e-6, atol=0)
+    assert x8.float().abs().max() <= 448.0
+    torch.testing.assert_close(dequant(x8, inv), normed, rtol=2 ** -3, atol=K ** 0.5 / 448 * 2 ** -6)
+    # a value beyond a (wrong) bound saturates at the format's max instead of becoming NaN
+    big8, _ = to_fp8(torch.tensor([1.0, 100.0]), E4M3, bound=1.0)
+    assert big8.float().tolist() == [448.0, 448.0]
+
+
 @needs_fp8
-def test_float8_linear_equals_the_dequantised_reference():
+@pytest.mark.parametrize("bound", [None, 48 ** 0.5], ids=["measured-scale", "known-bound"])
+def test_float8_linear_equals_the_dequantised_reference(bound):
     torch.manual_seed(0)
     M, K, N = 64, 48, 32
-    x = torch.randn(M, K, requires_grad=True)
+    x = torch.randn(M, K)
+    if bound is not None:
+        x = F.rms_norm(x, (K,))       # what a layer with a known bound reads
+    x.requires_grad_(True)
     layer = nn.Linear(K, N, bias=False)
     ref_w = layer.weight.detach().clone()
     assert convert_to_float8(layer, skip=()) == 1 and type(layer) is Float8Linear
+    layer.input_bound = bound
     y = layer(x)
     g = torch.randn_like(y)
     y.backward(g)
     # the same numbers, rounded the way the layer rounds them, multiplied in fp32
-    xd = dequant(*to_fp8(x.detach(), E4M3))
+    xd = dequant(*to_fp8(x.detach(), E4M3, bound))
     wd = dequant(*to_fp8(ref_w, E4M3))
     gd = dequant(*to_fp8(g, E5M2))
     torch.testing.assert_close(y, xd @ wd.t(), rtol=1e-5, atol=1e-5)
@@ -87,6 +112,12 @@ def test_converted_gpt_keeps_its_parameters_and_trains_like_the_fp32_one():
             keys = list(m.state_dict())
             assert convert_to_float8(m) == 6 * config.n_layer          # q, k, v, attn proj, fc, mlp proj
             assert type(m.lm_head) is nn.Linear and list(m.state_dict()) == keys
+            # the layers fed by the parameter-free RMSNorm get a fixed input scale; the others measure theirs
+            bounds = {name.rsplit(".", 1)[-1]: mod.input_bound for name, mod in m.named_modules()
+                      if isinstance(mod, Float8Linear)}
+            d = config.n_embd
+            assert bounds == {"c_q": d ** 0.5, "c_k": d ** 0.5, "c_v": d ** 0.5, "c_fc": d ** 0.5,
+                              "c_proj": None}
         models.append(m)
     x = torch.randint(0, 256, (4, 32))
     y = torch.roll(x, -1, dims=1)                                         # learnable: predict the next id
