@@ -1,5 +1,6 @@
 """Small helpers shared by the tests (importable as `helpers`: pytest puts tests/ on sys.path)."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,30 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def run_torchrun(target, *args, env: dict | None = None, nproc: int = 2, timeout: float = 300) -> str:
+    """`torchrun --nproc_per_node=nproc` on the CPU (gloo); returns the merged stdout + stderr.
+
+    target: a module name (run with -m, from the repo root) or the path of a script. The launcher and its
+    workers run in their own process group, killed whole on a timeout, so a hung collective fails the test
+    instead of leaving processes behind.
+    """
+    is_script = str(target).endswith(".py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           *([str(target)] if is_script else ["-m", target]), *map(str, args)]
+    full_env = {**os.environ, "NANOCHAT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO_ROOT,
+                **(env or {})}
+    p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout}s:\n{out[-3000:]}")
+    assert p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}\n{out[-4000:]}"
+    return out
 
 
 def run_script(module: str, *args, env: dict | None = None, timeout: float = 600, check: bool = True):

@@ -91,17 +91,8 @@ def test_resume_skips_a_damaged_checkpoint(train_env, base_dir):
 
 
 def test_torchrun_two_gloo_processes(train_env, base_dir):
-    from helpers import free_port
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "-m", "scripts.base_train", *ARGS, "--num-iterations", "4", "--save-every", "-1"]
-    p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=train_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise
-    assert p.returncode == 0, out[-4000:]
+    from helpers import run_torchrun
+    out = run_torchrun("scripts.base_train", *ARGS, "--num-iterations", "4", "--save-every", "-1", env=train_env)
     assert '"processes": 2' in out and '"grad_accum_steps": 1' in out   # 2 x 2 x 64 = 256 tokens per step
     assert os.path.exists(base_dir / "base_checkpoints" / "d2" / "optim_000004_rank1.pt")
     losses = _losses(base_dir / "base_checkpoints" / "d2" / "log.jsonl")

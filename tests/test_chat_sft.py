@@ -110,3 +110,24 @@ def test_chat_sft_runs_and_resumes_exactly(tiny_sft_checkpoint, tmp_path):
     for k in first:
         assert torch.equal(first[k], again[k]), k
     assert (tmp_path / "report" / "chat-sft.md").exists()
+
+
+def test_two_gloo_ranks_train_like_one_process(tiny_sft_checkpoint, tmp_path):
+    """Same examples per step whatever the world size (global example index = step, micro-batch, rank), and DDP
+    averages what gradient accumulation averages: two ranks x 1 micro-batch == one process x 2 micro-batches."""
+    from helpers import run_torchrun
+    args = [a for a in SFT_ARGS]
+    args[args.index("--save-every") + 1] = -1
+    models = {}
+    for world in (1, 2):
+        d = tmp_path / f"world{world}"
+        for f in ("tokenizer", "mid_checkpoints"):
+            shutil.copytree(tiny_sft_checkpoint / f, d / f)
+        env = {"NANOCHAT_BASE_DIR": str(d)}
+        out = run_torchrun("scripts.chat_sft", *args, env=env, nproc=world)
+        assert f"world {world}" in out and f"{2 // world} micro-step(s)" in out, out[-2000:]
+        ckpt = d / "chatsft_checkpoints" / "d2"
+        models[world] = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+        assert os.path.exists(ckpt / f"optim_000003_rank{world - 1}.pt")
+    for k, v in models[1].items():
+        torch.testing.assert_close(models[2][k], v, rtol=1e-4, atol=1e-5, msg=k)

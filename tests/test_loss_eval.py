@@ -1,14 +1,11 @@
 """Bits per byte on toy models whose answer we can compute by hand."""
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import textwrap
 
 import torch
 
+from helpers import REPO_ROOT, run_torchrun
 from nanochat.loss_eval import evaluate_bpb
 
 
@@ -82,16 +79,8 @@ def test_distributed_sum_over_two_ranks(tmp_path):
         print(f"RANK{r} {bpb:.12f}")
         dist.destroy_process_group()
     """))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "REPO": repo, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(port), str(script)], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    values = {f"RANK{r}": float(v) for r, v in re.findall(r"RANK(\d) (\d+\.\d{12})", out.stdout)}
+    out = run_torchrun(script, env={"REPO": REPO_ROOT}, timeout=120)
+    values = {f"RANK{r}": float(v) for r, v in re.findall(r"RANK(\d) (\d+\.\d{12})", out)}
     want = (1 + 2 + 3 + 3 + 2 + 2) / (2 + 2 + 3 + 3 + 2 + 2)    # pooled bits / pooled bytes, not a mean of ranks
     assert set(values) == {"RANK0", "RANK1"}
     assert all(math.isclose(v, want, rel_tol=1e-9) for v in values.values())

@@ -82,3 +82,24 @@ def test_mid_train_runs_and_resumes_exactly(tiny_base_checkpoint, tmp_path):
     for k in first:
         assert torch.equal(first[k], again[k]), k
     assert (tmp_path / "report" / "midtraining.md").exists()
+
+
+def test_two_gloo_ranks_train_and_resume_exactly(tiny_base_checkpoint, tmp_path):
+    """Under torchrun each rank packs its own stride of conversations and saves its own packer position; a
+    two-rank resume must put both back where they were (the resumed step is bit-identical)."""
+    from helpers import run_torchrun
+    env = _fresh_copy(tiny_base_checkpoint, tmp_path, ["tokenizer", "base_checkpoints"])
+    args = [str(a) for a in MID_ARGS]
+    args[args.index("--device-batch-size") + 1] = "2"           # 2 ranks x 2 rows x 128 = 512: 2 micro-steps
+    out = run_torchrun("scripts.mid_train", *args, env=env, nproc=2)
+    assert "world 2" in out and "2 micro-step(s)" in out, out[-2000:]
+    ckpt = tmp_path / "mid_checkpoints" / "d2"
+    assert {"optim_000003_rank0.pt", "optim_000003_rank1.pt"} <= set(os.listdir(ckpt))
+    first = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for f in ("model_000003.pt", "meta_000003.json", "optim_000003_rank0.pt", "optim_000003_rank1.pt"):
+        os.remove(ckpt / f)
+    out = run_torchrun("scripts.mid_train", *args, "--resume", env=env, nproc=2)
+    assert "resumed from" in out and "at step 2" in out
+    again = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for k in first:
+        assert torch.equal(first[k], again[k]), k

@@ -1,13 +1,11 @@
 """Muon: Newton-Schulz orthogonalises, the update is near-orthogonal, and 2 gloo ranks == 1 process."""
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from helpers import run_torchrun
 from nanochat.gpt import GPT, config_for_depth
 from nanochat.muon import Muon, aspect_scale, setup_optimizers, zeropower_via_newtonschulz5
 
@@ -113,28 +111,10 @@ dist.destroy_process_group()
 """
 
 
-def torchrun(script, *args, nproc=2, timeout=180, env=None):
-    """Launch `torchrun --nproc_per_node=nproc script args` on CPU/gloo; kill the whole group on timeout."""
-    from helpers import free_port
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", str(script), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO_ROOT, **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError(f"torchrun timed out after {timeout}s:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 def test_distmuon_two_gloo_ranks_equal_one_process(tmp_path):
     script, out = tmp_path / "worker.py", tmp_path / "out.json"
     script.write_text(WORKER)
-    torchrun(script, out)
+    run_torchrun(script, out, timeout=180)
     res = json.loads(out.read_text())
     assert res["diff"] < 1e-6, res                   # same update as one process on the mean gradient
     assert res["bitwise"]                             # (on CPU it is in fact bit-for-bit equal)
