@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 MEMORY_EXIT = 86       # the child's exit code when the snippet raised MemoryError

@@ -104,7 +104,7 @@ def main(argv=None):
         except Exception as e:  # offline without TIKTOKEN_CACHE_DIR: compare what we can
             print0(f"warning: could not load {tiktoken_name} ({type(e).__name__}: {e}); skipping it")
     tokenizers["ours"] = get_tokenizer()
-    print0(f"vocab sizes: " + ", ".join(f"{k}={t.get_vocab_size():,}" for k, t in tokenizers.items()))
+    print0("vocab sizes: " + ", ".join(f"{k}={t.get_vocab_size():,}" for k, t in tokenizers.items()))
     samples = dict(SAMPLES)
     if not args.no_shards:
         samples.update(shard_samples())

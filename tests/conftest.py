@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import HAVE_SHARED, REPO_ROOT, SHARED_DATA, SKIP_NO_SHARED, free_port, run_script, wait_for_port
+from helpers import HAVE_SHARED, SHARED_DATA, SKIP_NO_SHARED, free_port, run_script, wait_for_port
 
 # Sizes of the session's tiny artifacts (depth 2 => n_embd 128, one head).
 TINY = dict(vocab_size=1024, max_chars=400_000, depth=2, seq=128, device_batch=4, total_batch=512, steps=8)

@@ -1,8 +1,6 @@
 """chat_eval: letter-logit scoring, generative grading (HumanEval via the sandbox), ChatCORE, and end to end."""
 import math
-import os
 
-import pytest
 import torch
 
 from scripts import chat_eval

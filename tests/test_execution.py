@@ -4,7 +4,6 @@ import socket
 import threading
 import time
 
-import pytest
 
 from nanochat.execution import ExecutionResult, execute_code
 

@@ -11,7 +11,7 @@ from helpers import free_port  # noqa: E402
 from nanochat.engine import Engine  # noqa: E402
 from nanochat.gradio_app import build_demo, stream_reply, to_messages  # noqa: E402
 from test_chat_web import ChatByteTokenizer  # noqa: E402
-from test_engine import ScriptedModel, tiny_model, PROMPT  # noqa: E402
+from test_engine import ScriptedModel, tiny_model  # noqa: E402
 
 
 def test_to_messages_alternates():
