@@ -118,7 +118,7 @@ def bench_step(depth, args, device, compile_model=True, backend="default", compi
            "opt_step_ms": round(1000 * statistics.median(opt_times), 2),
            "first_step_s": round(t_compile, 1),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
-    del model, cmodel, opts, x, y
+    model = cmodel = opts = x = y = None   # release the GPU memory before emptying the cache (step() holds cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
