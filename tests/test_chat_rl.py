@@ -106,7 +106,6 @@ def test_chat_rl_runs_and_resumes_exactly(tiny_sft_checkpoint, tmp_path):
     assert history2["train"] == history["train"]
 
 
-
 def test_questions_per_step_do_not_depend_on_the_world_size():
     """Ranks split a step's questions, and sampling seeds are functions of (step, question index): two ranks
     sample exactly what one process samples, so DDP's averaged gradient is the single-process one."""

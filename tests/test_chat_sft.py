@@ -116,7 +116,7 @@ def test_two_gloo_ranks_train_like_one_process(tiny_sft_checkpoint, tmp_path):
     """Same examples per step whatever the world size (global example index = step, micro-batch, rank), and DDP
     averages what gradient accumulation averages: two ranks x 1 micro-batch == one process x 2 micro-batches."""
     from helpers import run_torchrun
-    args = [a for a in SFT_ARGS]
+    args = list(SFT_ARGS)
     args[args.index("--save-every") + 1] = -1
     models = {}
     for world in (1, 2):

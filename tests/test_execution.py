@@ -4,7 +4,6 @@ import socket
 import threading
 import time
 
-
 from nanochat.execution import ExecutionResult, execute_code
 
 
