@@ -266,6 +266,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
         x = norm(x)
+        # An fp8 output layer (nanochat.fp8.Float8Head) computes the training loss itself, with an fp8 backward.
+        fused_loss = getattr(self.lm_head, "softcap_cross_entropy", None)
+        if fused_loss is not None and targets is not None and loss_reduction == "mean" and torch.is_grad_enabled():
+            return fused_loss(x, targets, self.softcap)
         logits = self.lm_head(x).float()                               # (B, T, V)
         logits = self.softcap * torch.tanh(logits / self.softcap)
         # A chunked loss that never holds these (B*T, V) fp32 logits at once was measured (commit 07cbd63,
