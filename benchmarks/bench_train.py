@@ -5,7 +5,7 @@ plus the dataloader's own tokens/s on the machine's CPUs.
 
     python -m benchmarks.bench_train                           # everything (d12, d20, levers, loader) ~7 min H100
     python -m benchmarks.bench_train --only d12 --steps 3      # one configuration
-    python -m benchmarks.bench_train --only d20 --fp8          # d20 with fp8 block matmuls (H100)
+    python -m benchmarks.bench_train --only d20 --fp8          # d20 with fp8 matmuls (H100)
     python -m benchmarks.bench_train --device cpu --depths 2 --seq-len 128 --device-batch-size 2 \\
         --total-batch-size 512 --only default --no-loader     # smoke test on a laptop
 

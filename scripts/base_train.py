@@ -14,8 +14,9 @@ Design choices (as in nanochat, October 2025):
 - LR: optional warmup, constant, then a linear warmdown over the last 20% to 0; Muon momentum 0.85 -> 0.95 over
   300 steps
 - bf16 autocast + torch.compile on CUDA; plain fp32 on CPU (so resume is bit-for-bit there)
-- --fp8: the blocks' training matmuls in fp8 (nanochat/fp8.py; Hopper GPUs): +12% tokens/s at d20 on one H100,
-  slower at d12 (benchmarks/RESULTS.md); checkpoints and evaluation are the same as without it
+- --fp8: the blocks' training matmuls and the lm_head's backward in fp8 (nanochat/fp8.py; Hopper GPUs): +13%
+  tokens/s at d20 on one H100, slower at d12 (benchmarks/RESULTS.md); checkpoints and evaluation are the same as
+  without it
 - checkpoints are atomic and hold model, optimizers and the loader's exact position, so --resume (after a crash,
   even SIGKILL) continues the very same trajectory; a damaged newest checkpoint falls back to the previous one
 
@@ -65,7 +66,8 @@ def get_args(argv=None):
     a("--model-tag", default=None, help="default d{depth}")
     a("--resume", action="store_true", help="continue from the last complete checkpoint of this model tag")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
-    a("--fp8", action="store_true", help="block matmuls in fp8 for training (Hopper GPUs; nanochat.fp8)")
+    a("--fp8", action="store_true",
+      help="block matmuls and the lm_head's backward in fp8 for training (Hopper GPUs; nanochat.fp8)")
     a("--tokenizer-threads", type=int, default=4)
     a("--seed", type=int, default=42)
     return p.parse_args(argv)
