@@ -189,8 +189,8 @@ def _use_triton(t):
 
 
 # Tiles of 128 rows x 128 vocabulary entries (a 128-byte fp8 store per row). Measured on an H100 at 65,536 x 65,536:
-# the gradient kernel 8.9 ms, the transpose 3.1 ms (2.8 TB/s); one kernel storing both layouts took 476 ms at
-# this tile size (17-25 ms at smaller ones), hence two kernels.
+# the gradient kernel 13.5 ms, the transpose 3.1 ms (2.8 TB/s); one kernel storing both layouts took 476 ms at
+# this tile size (17-25 ms at smaller ones), hence two kernels (benchmarks/RESULTS.md, session 5).
 _BM, _BV = 128, 128
 
 
