@@ -15,7 +15,7 @@ The recipe ("tensorwise" scaling, as in NVIDIA's Transformer Engine and torchao;
 - master weights, optimizer state, norms, attention and the loss stay as they were (fp32 parameters, bf16
   autocast); the lm_head's forward too, as the logits are the most precision-sensitive matmul and feed the loss
   directly. Its two backward matmuls do run in fp8 (Float8Head): their operand, the logits gradient, has a bound
-  known in advance (|softmax - one-hot| <= 1), so it needs no amax pass; d20: +1.4% tokens/s, d12: +1.1%.
+  known in advance (|softmax - one-hot| <= 1), so it needs no amax pass; d20: +1.4% tokens/s, d12 (bf16 blocks): +1.1%.
 Scales are recomputed from the data every call (no amax history), so the layer has no state: checkpoints, resume
 and the bf16 model used for evaluation are unchanged. One exception saves a pass over the data: a layer whose
 input comes straight out of the parameter-free RMSNorm (q, k, v and the MLP's up projection) knows a bound in
@@ -25,17 +25,15 @@ benchmarks/RESULTS.md). Under `torch.no_grad()` (evaluation, sampling) the layer
 fp8 is a training-speed device, and what we evaluate is the model we ship.
 """
 import math
-import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    import triton
+from nanochat.kernels import triton, use_triton
+
+if triton is not None:
     import triton.language as tl
-except ImportError:          # CPU-only installs: the PyTorch path does the work
-    triton = None
 
 E4M3 = torch.float8_e4m3fn   # forward operands
 E5M2 = torch.float8_e5m2     # gradients
@@ -154,7 +152,7 @@ def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.
     A custom op, so that torch.compile calls it as it is rather than tracing into it.
     """
     M, V = logits.shape
-    if not _use_triton(logits):
+    if not use_triton(logits):
         # tanh and its derivative 1 - tanh^2 from e = exp(-2|a|): 1 - u*u would cancel catastrophically where
         # the softcap saturates (|u| -> 1), and the kernel computes the same expressions
         a = logits.float() / softcap
@@ -179,13 +177,6 @@ def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.
 def _(logits, lse, targets, coef, softcap):
     M, V = logits.shape
     return logits.new_empty((M, V), dtype=E5M2), logits.new_empty((V, M), dtype=E5M2)
-
-
-def _use_triton(t):
-    """The Triton kernels run on CUDA tensors, and on CPU ones only under Triton's interpreter (the tests)."""
-    if triton is None or os.environ.get("NANOCHAT_NO_TRITON") == "1":
-        return False
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # Tiles of 128 rows x 128 vocabulary entries (a 128-byte fp8 store per row). Measured on an H100 at 65,536 x 65,536:
