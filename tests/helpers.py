@@ -29,6 +29,15 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def run_under_triton_interpreter(code: str, timeout: float = 600) -> None:
+    """Run `code` in a child Python with TRITON_INTERPRET=1 (Triton reads it when kernels are defined, so it must
+    be set before nanochat is imported: hence a fresh process); the child must print "ok" last."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": REPO_ROOT}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-1500:]
+
+
 def run_torchrun(target, *args, env: dict | None = None, nproc: int = 2, timeout: float = 300) -> str:
     """`torchrun --nproc_per_node=nproc` on the CPU (gloo); returns the merged stdout + stderr.
 

@@ -3,9 +3,6 @@
 PyTorch implements torch._scaled_mm on the CPU too, so the same code path runs here as on an H100 (where cuBLAS
 does it); the H100 numbers are in benchmarks/RESULTS.md.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,7 +13,6 @@ import torch.nn.functional as F
 from nanochat.fp8 import E4M3, E5M2, Float8Head, Float8Linear, convert_to_float8, fp8_supported, to_fp8
 from nanochat.gpt import GPT, config_for_depth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fp8 = pytest.mark.skipif(not fp8_supported("cpu"), reason="this PyTorch build has no CPU torch._scaled_mm")
 
 
@@ -258,10 +254,8 @@ def test_ce_grad_kernel_matches_its_reference_under_triton_interpreter():
         assert diff.float().mean() < 0.1, diff.float().mean()
         print("ok")
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-1500:]
+    from helpers import run_under_triton_interpreter
+    run_under_triton_interpreter(child, timeout=300)
 
 
 def test_ce_grad_kernel_on_cuda_matches_its_reference():

@@ -3,16 +3,12 @@
 Triton needs a GPU, but its interpreter (TRITON_INTERPRET=1, read when the kernels are defined) runs the same
 kernel code on the CPU, so the comparison runs here in a child process that sets it before importing.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = textwrap.dedent(r"""
     import os, torch
@@ -96,10 +92,8 @@ def test_kernels_match_reference_under_triton_interpreter():
         # the interpreter's support differs between Triton releases (the one bundled with torch 2.11 on the GPU
         # machine rejects a scalar load that 3.9 accepts); with a GPU the compiled kernels are tested below
         pytest.skip("CUDA present: the compiled kernels are tested instead")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-1500:]
+    from helpers import run_under_triton_interpreter
+    run_under_triton_interpreter(CHILD)
 
 
 def test_kernels_on_cuda_match_reference():
