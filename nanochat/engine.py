@@ -420,7 +420,7 @@ class StaticDecoder:
     - without Triton (CPU, or NANOCHAT_NO_TRITON=1) attention is SDPA over the first `bucket` positions (a multiple
       of `bucket_size`), masked beyond `pos`, with a graph per (batch, bucket) on CUDA, so its cost still follows
       the real length rather than T_cap
-    - the residual stream stays fp32 and the matmuls run in bf16, as under the model's autocast
+    - the residual stream and the matmuls are in `dtype` (bf16 on the GPU), as in the model's forward under autocast
 
     It mirrors `nanochat.gpt.GPT.forward` for a single token (the tests compare the two).
     """
@@ -532,7 +532,7 @@ class StaticDecoder:
             keep = torch.arange(bucket, device=self.device) <= self.pos
             mask = torch.zeros(bucket, dtype=dt, device=self.device).masked_fill(~keep, float("-inf"))
             mask = mask.view(1, 1, 1, bucket)
-        x = F.rms_norm(m.transformer.wte(self.ids).float(), (m.config.n_embd,))           # (B, C) fp32 stream
+        x = F.rms_norm(m.transformer.wte(self.ids).to(dt), (m.config.n_embd,))            # (B, C) stream in dt
         h = kernels.add_rms_norm(x, None, dt)
         for i, w in enumerate(self.weights):
             q = kernels.rope_norm_cache(h @ w["qkv"].t(), cos, sin, pos, self.k_cache[i], self.v_cache[i], H, Hkv)

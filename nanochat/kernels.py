@@ -40,10 +40,12 @@ def _eps(dtype) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# residual add + RMSNorm + cast: x += y (fp32 stream), h = x / rms(x) in the matmul dtype
+# residual add + RMSNorm + cast: x += y (the residual stream), h = x / rms(x) in the matmul dtype
 
 def add_rms_norm(x: torch.Tensor, y, out_dtype) -> torch.Tensor:
-    """x (B, C) fp32 is updated in place with y (B, C) (any float dtype, or None); returns rmsnorm(x) cast."""
+    """x (B, C) is updated in place with y (B, C) (any float dtypes, or None); returns rmsnorm(x) cast.
+
+    The norm is taken of x as stored (rounded to x's dtype), as the model's forward does with a bf16 stream."""
     if not use_triton(x):
         if y is not None:
             x.add_(y)
@@ -142,8 +144,9 @@ if triton is not None:
         m = cols < C
         x = tl.load(x_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_Y:
-            x = x + tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)
-            tl.store(x_ptr + row * C + cols, x, mask=m)
+            xs = (x + tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+            tl.store(x_ptr + row * C + cols, xs, mask=m)
+            x = xs.to(tl.float32)
         r = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / C + eps)
         tl.store(out_ptr + row * C + cols, (x * r).to(out_ptr.dtype.element_ty), mask=m)
 

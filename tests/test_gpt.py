@@ -293,6 +293,23 @@ def test_too_long_sequence_raises():
         model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
 
 
+def test_residual_stream_follows_autocast():
+    # under autocast the blocks read and write a stream in the compute dtype (the GPU's bf16 speed lever); without
+    # it, fp32; the parameters stay fp32 either way
+    model = tiny_model()
+    seen = []
+    for block in model.transformer.h:
+        block.register_forward_hook(lambda m, inp, out: seen.append((inp[0].dtype, out.dtype)))
+    x = torch.randint(0, 256, (2, 16))
+    model(x, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, x)
+    n = len(model.transformer.h)
+    assert seen[:n] == [(torch.float32, torch.float32)] * n
+    assert seen[n:] == [(torch.bfloat16, torch.bfloat16)] * n
+    assert loss.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_autocast_and_compile():
     model = tiny_model(device="cuda")
