@@ -166,10 +166,11 @@ def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.
     assert logits.is_contiguous() and lse.is_contiguous() and targets.is_contiguous()
     g8 = torch.empty((M, V), dtype=E5M2, device=logits.device)
     g8t = torch.empty((V, M), dtype=E5M2, device=logits.device)
-    grid = (triton.cdiv(M, _BM), triton.cdiv(V, _BV))
-    _softcap_ce_grad_fp8_kernel[grid](logits, lse, targets, coef, g8, M, V, softcap, torch.finfo(E5M2).max,
-                                      BM=_BM, BV=_BV, num_warps=8)
-    _transpose_kernel[grid](g8.view(torch.uint8), g8t.view(torch.uint8), M, V, BM=_BM, BV=_BV, num_warps=8)
+    _softcap_ce_grad_fp8_kernel[(triton.cdiv(M, 32), triton.cdiv(V, 256))](
+        logits, lse, targets, coef, g8, M, V, -2 * _LOG2E / softcap, softcap * _LOG2E, torch.finfo(E5M2).max,
+        BM=32, BV=256, num_warps=4)
+    _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(V, 128))](g8.view(torch.uint8), g8t.view(torch.uint8), M, V,
+                                                                  BM=128, BV=128, num_warps=8)
     return g8, g8t
 
 
@@ -179,30 +180,32 @@ def _(logits, lse, targets, coef, softcap):
     return logits.new_empty((M, V), dtype=E5M2), logits.new_empty((V, M), dtype=E5M2)
 
 
-# Tiles of 128 rows x 128 vocabulary entries (a 128-byte fp8 store per row). Measured on an H100 at 65,536 x 65,536:
-# the gradient kernel 13.5 ms, the transpose 3.1 ms (2.8 TB/s); one kernel storing both layouts took 476 ms at
-# this tile size (17-25 ms at smaller ones), hence two kernels (benchmarks/RESULTS.md, session 5).
-_BM, _BV = 128, 128
+# Measured on an H100 at 65,536 x 65,536 (one d12/d20 micro-batch): the gradient kernel 5.8 ms at 32 x 256 tiles,
+# 4 warps (13.5 ms in session 5's form: 128 x 128 tiles and IEEE divisions, z / cap and 1 / (1 + e), which cost
+# more than the exps; the same bits come out), the transpose 3.1 ms at 128 x 128 (2.8 TB/s). One kernel storing
+# both layouts took 476 ms at 128 x 128 (17-25 ms at smaller tiles), hence two (benchmarks/RESULTS.md).
+_LOG2E = 1.4426950408889634
 
 
 if triton is not None:
     @triton.jit
-    def _softcap_ce_grad_fp8_kernel(z_ptr, lse_ptr, t_ptr, coef_ptr, g_ptr, M, V, cap, fmax,
+    def _softcap_ce_grad_fp8_kernel(z_ptr, lse_ptr, t_ptr, coef_ptr, g_ptr, M, V, k_e, k_p, fmax,
                                     BM: tl.constexpr, BV: tl.constexpr):
+        # k_e = -2 log2(e) / cap and k_p = cap log2(e): exp(x) as exp2(x log2 e) with the constants folded in,
+        # and no IEEE division by cap
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BV + tl.arange(0, BV)
         rm, cm = rows < M, cols < V
         mask = rm[:, None] & cm[None, :]
         offs = rows[:, None].to(tl.int64) * V + cols[None, :]
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        lse = tl.load(lse_ptr + rows, mask=rm, other=0.0)
+        lse = tl.load(lse_ptr + rows, mask=rm, other=0.0) * 1.4426950408889634
         t = tl.load(t_ptr + rows, mask=rm, other=-1)
         coef = tl.load(coef_ptr)
-        a = z / cap
-        e = tl.exp(-2.0 * tl.abs(a))
-        r = 1.0 / (1.0 + e)
-        u = tl.where(a < 0, -1.0, 1.0) * (1.0 - e) * r                     # tanh(a)
-        p = tl.exp(cap * u - lse[:, None])
+        e = tl.exp2(tl.abs(z) * k_e)                                        # exp(-2 |z / cap|)
+        r = tl.fdiv(1.0, 1.0 + e)                                          # approximate division: ample for e5m2
+        u = tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * r                     # tanh(z / cap)
+        p = tl.exp2(k_p * u - lse[:, None])                                 # exp(cap * u - lse)
         onehot = (cols[None, :] == t[:, None]).to(tl.float32)
         row = tl.where(t >= 0, coef, 0.0) * (fmax / tl.maximum(tl.abs(coef), 1e-12))
         g = (p - onehot) * (4.0 * e * r * r) * row[:, None]                  # 4e / (1 + e)^2 = 1 - tanh^2
