@@ -37,6 +37,7 @@ if triton is not None:
 
 E4M3 = torch.float8_e4m3fn   # forward operands
 E5M2 = torch.float8_e5m2     # gradients
+_LOG2E = 1.4426950408889634  # the kernels compute exp(x) as exp2(x * log2(e)), with the constant folded in
 
 
 def to_fp8(x: torch.Tensor, dtype: torch.dtype, bound=None):
@@ -116,11 +117,9 @@ class _Float8SoftcapCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, targets, softcap, x_bound):
         logits = F.linear(x, w)                                   # (M, V)
-        u = torch.tanh(logits.float() / softcap)
-        s = softcap * u
-        lse = torch.logsumexp(s, dim=-1)
+        lse = softcap_logsumexp(logits, softcap)                  # (M,) fp32
         valid = targets >= 0
-        picked = s.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+        picked = softcap * torch.tanh(logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1).float() / softcap)
         n = valid.sum()
         x8, x_inv = to_fp8(x, E4M3, x_bound)
         ctx.save_for_backward(x8, x_inv, w, logits, lse, targets, n)
@@ -138,6 +137,29 @@ class _Float8SoftcapCrossEntropy(torch.autograd.Function):
         dx = _mm(g8, g_inv, w8.t().contiguous().t(), w_inv, ctx.x_dtype)
         dw = _mm(g8t, g_inv, x8.t().contiguous().t(), x_inv, w.dtype)
         return dx, dw, None, None, None
+
+
+@torch.library.custom_op("nanochat::softcap_logsumexp", mutates_args=())
+def softcap_logsumexp(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Each row's logsumexp of softcap * tanh(logits / softcap), in fp32: the forward half of the loss.
+
+    |softcapped logit| <= softcap, so exp(s - softcap) lies in (e^(-2 softcap), 1] and a row's sum needs no running
+    maximum: one pass over the logits. On a GPU a Triton kernel (8.0 ms for Inductor's fused version at 65,536^2,
+    which, like the gradient kernel before it, spent its time on IEEE divisions rather than memory).
+    """
+    M, V = logits.shape
+    if not use_triton(logits):
+        return torch.logsumexp(softcap * torch.tanh(logits.float() / softcap), dim=-1)
+    assert logits.is_contiguous()
+    lse = torch.empty(M, dtype=torch.float32, device=logits.device)
+    _softcap_lse_kernel[(triton.cdiv(M, 4),)](logits, lse, M, V, -2 * _LOG2E / softcap, softcap * _LOG2E, softcap,
+                                              BM=4, BV=1024, num_warps=4)
+    return lse
+
+
+@softcap_logsumexp.register_fake
+def _(logits, softcap):
+    return logits.new_empty(logits.shape[:1], dtype=torch.float32)
 
 
 @torch.library.custom_op("nanochat::softcap_ce_grad_fp8", mutates_args=())
@@ -184,7 +206,6 @@ def _(logits, lse, targets, coef, softcap):
 # 4 warps (13.5 ms in session 5's form: 128 x 128 tiles and IEEE divisions, z / cap and 1 / (1 + e), which cost
 # more than the exps; the same bits come out), the transpose 3.1 ms at 128 x 128 (2.8 TB/s). One kernel storing
 # both layouts took 476 ms at 128 x 128 (17-25 ms at smaller tiles), hence two (benchmarks/RESULTS.md).
-_LOG2E = 1.4426950408889634
 
 
 if triton is not None:
@@ -211,6 +232,20 @@ if triton is not None:
         g = (p - onehot) * (4.0 * e * r * r) * row[:, None]                  # 4e / (1 + e)^2 = 1 - tanh^2
         g8 = tl.minimum(tl.maximum(g, -fmax), fmax).to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(g_ptr + offs, g8, mask=mask)
+
+    @triton.jit
+    def _softcap_lse_kernel(z_ptr, lse_ptr, M, V, k_e, k_p, cap, BM: tl.constexpr, BV: tl.constexpr):
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        rm = rows < M
+        total = tl.zeros([BM], dtype=tl.float32)
+        for start in range(0, V, BV):
+            cols = start + tl.arange(0, BV)
+            mask = rm[:, None] & (cols < V)[None, :]
+            z = tl.load(z_ptr + rows[:, None].to(tl.int64) * V + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            e = tl.exp2(tl.abs(z) * k_e)                                    # as in the gradient kernel
+            u = tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * tl.fdiv(1.0, 1.0 + e)
+            total += tl.sum(tl.where(mask, tl.exp2(k_p * u - k_p), 0.0), axis=1)     # exp(s - cap)
+        tl.store(lse_ptr + rows, cap + tl.log(total), mask=rm)
 
     @triton.jit
     def _transpose_kernel(x_ptr, y_ptr, M, V, BM: tl.constexpr, BV: tl.constexpr):
