@@ -154,7 +154,7 @@ def softcap_logsumexp(logits: torch.Tensor, softcap: float) -> torch.Tensor:
         return torch.logsumexp(softcap * torch.tanh(logits.float() / softcap), dim=-1)
     assert logits.is_contiguous()
     lse = torch.empty(M, dtype=torch.float32, device=logits.device)
-    _softcap_lse_kernel[(triton.cdiv(M, 4),)](logits, lse, M, V, -2 * _LOG2E / softcap, softcap * _LOG2E, softcap,
+    _softcap_lse_kernel[(triton.cdiv(M, 4),)](logits, lse, M, V, *_exp2_constants(softcap), softcap,
                                               BM=4, BV=1024, num_warps=4)
     return lse
 
@@ -191,7 +191,7 @@ def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.
     g8 = torch.empty((M, V), dtype=E5M2, device=logits.device)
     g8t = torch.empty((V, M), dtype=E5M2, device=logits.device)
     _softcap_ce_grad_fp8_kernel[(triton.cdiv(M, 32), triton.cdiv(V, 256))](
-        logits, lse, targets, coef, g8, M, V, -2 * _LOG2E / softcap, softcap * _LOG2E, torch.finfo(E5M2).max,
+        logits, lse, targets, coef, g8, M, V, *_exp2_constants(softcap), torch.finfo(E5M2).max,
         BM=32, BV=256, num_warps=4)
     _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(V, 128))](g8.view(torch.uint8), g8t.view(torch.uint8), M, V,
                                                                   BM=128, BV=128, num_warps=8)
@@ -210,12 +210,25 @@ def _(logits, lse, targets, coef, softcap):
 # both layouts took 476 ms at 128 x 128 (17-25 ms at smaller tiles), hence two (benchmarks/RESULTS.md).
 
 
+def _exp2_constants(softcap: float) -> tuple[float, float]:
+    """(k_e, k_p) = (-2 log2(e) / cap, cap log2(e)): the kernels' exp(x) is exp2(x log2 e) with these folded in."""
+    return -2 * _LOG2E / softcap, softcap * _LOG2E
+
+
 if triton is not None:
+    @triton.jit
+    def _softcap_tanh(z, k_e):
+        """tanh(z / cap) from e = exp(-2 |z / cap|), with no IEEE division: returns (u, e, r = 1 / (1 + e)).
+
+        The same e also gives the slope, 1 - tanh^2 = 4 e r^2, without the cancellation of 1 - u * u where the
+        softcap saturates."""
+        e = tl.exp2(tl.abs(z) * k_e)
+        r = tl.fdiv(1.0, 1.0 + e)                                          # approximate division: ample here
+        return tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * r, e, r
+
     @triton.jit
     def _softcap_ce_grad_fp8_kernel(z_ptr, lse_ptr, t_ptr, coef_ptr, g_ptr, M, V, k_e, k_p, fmax,
                                     BM: tl.constexpr, BV: tl.constexpr):
-        # k_e = -2 log2(e) / cap and k_p = cap log2(e): exp(x) as exp2(x log2 e) with the constants folded in,
-        # and no IEEE division by cap
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BV + tl.arange(0, BV)
         rm, cm = rows < M, cols < V
@@ -225,13 +238,11 @@ if triton is not None:
         lse = tl.load(lse_ptr + rows, mask=rm, other=0.0) * 1.4426950408889634    # x log2(e): base 2, like k_p
         t = tl.load(t_ptr + rows, mask=rm, other=-1)
         coef = tl.load(coef_ptr)
-        e = tl.exp2(tl.abs(z) * k_e)                                        # exp(-2 |z / cap|)
-        r = tl.fdiv(1.0, 1.0 + e)                                          # approximate division: ample for e5m2
-        u = tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * r                     # tanh(z / cap)
+        u, e, r = _softcap_tanh(z, k_e)
         p = tl.exp2(k_p * u - lse[:, None])                                 # exp(cap * u - lse)
         onehot = (cols[None, :] == t[:, None]).to(tl.float32)
         row = tl.where(t >= 0, coef, 0.0) * (fmax / tl.maximum(tl.abs(coef), 1e-12))
-        g = (p - onehot) * (4.0 * e * r * r) * row[:, None]                  # 4e / (1 + e)^2 = 1 - tanh^2
+        g = (p - onehot) * (4.0 * e * r * r) * row[:, None]                  # softcap' = 1 - tanh^2 = 4 e r^2
         g8 = tl.minimum(tl.maximum(g, -fmax), fmax).to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(g_ptr + offs, g8, mask=mask)
 
@@ -244,8 +255,7 @@ if triton is not None:
             cols = start + tl.arange(0, BV)
             mask = rm[:, None] & (cols < V)[None, :]
             z = tl.load(z_ptr + rows[:, None].to(tl.int64) * V + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            e = tl.exp2(tl.abs(z) * k_e)                                    # as in the gradient kernel
-            u = tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * tl.fdiv(1.0, 1.0 + e)
+            u, _, _ = _softcap_tanh(z, k_e)
             total += tl.sum(tl.where(mask, tl.exp2(k_p * u - k_p), 0.0), axis=1)     # exp(s - cap)
         tl.store(lse_ptr + rows, cap + tl.log(total), mask=rm)
 

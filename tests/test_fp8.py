@@ -282,4 +282,4 @@ def test_ce_grad_kernel_on_cuda_matches_its_reference():
     # the GPU's exp is approximate: a value on a rounding boundary may land one code away, rarely
     assert ((ref - tri).abs()[diff] == 1).all() and diff.float().mean() < 0.01, diff.float().mean()
     ref_err, tri_err = scope["lse_both"]("cuda")
-    assert ref_err < 1e-5 and tri_err < 1e-5, (ref_err, tri_err)      # ~20 ulps of a logsumexp near 10-20
+    assert ref_err < 1e-5 and tri_err < 1e-5, (ref_err, tri_err)      # ~5 fp32 ulps of a logsumexp near 20
