@@ -16,12 +16,16 @@ The recipe ("tensorwise" scaling, as in NVIDIA's Transformer Engine and torchao;
   autocast); the lm_head's forward too, as the logits are the most precision-sensitive matmul and feed the loss
   directly. Its two backward matmuls do run in fp8 (Float8Head): their operand, the logits gradient, has a bound
   known in advance (|softmax - one-hot| <= 1), so it needs no amax pass; d20: +1.4% tokens/s, d12 (bf16 blocks): +1.1%.
-Scales are recomputed from the data every call (no amax history), so the layer has no state: checkpoints, resume
-and the bf16 model used for evaluation are unchanged. One exception saves a pass over the data: a layer whose
-input comes straight out of the parameter-free RMSNorm (q, k, v and the MLP's up projection) knows a bound in
-advance -- a row of K values with RMS <= 1 has no |value| above sqrt(K) -- so its input scale is a constant and
-the cast fuses into the norm's kernel instead of waiting for a global amax (d20: +3.5% tokens/s, measured in
-benchmarks/RESULTS.md). Under `torch.no_grad()` (evaluation, sampling) the layer runs the ordinary bf16 matmul:
+Scales are recomputed from the data every call, with two kinds of exception that each save a pass over a
+tensor before its cast (current scaling needs the amax of the whole tensor first):
+- a layer whose input comes straight out of the parameter-free RMSNorm (q, k, v and the MLP's up projection)
+  knows a bound in advance -- a row of K values with RMS <= 1 has no |value| above sqrt(K) -- so its input scale
+  is a constant and the cast fuses into the norm's kernel (d20: +3.5% tokens/s);
+- the MLP's two 4C-wide tensors, the activation relu(h)^2 and its gradient, use delayed scaling: the amax the
+  layer saw on its previous call, with 2x headroom, so one kernel casts them in one pass (Float8MLP; d20: +4.8%).
+  That history is the only state here; it lives outside the checkpoint, so checkpoints, resume and the bf16
+  model used for evaluation are unchanged. Measurements: benchmarks/RESULTS.md.
+Under `torch.no_grad()` (evaluation, sampling) the layers run the ordinary bf16 matmuls:
 fp8 is a training-speed device, and what we evaluate is the model we ship.
 """
 import math
@@ -30,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanochat.gpt import MLP
 from nanochat.kernels import triton, use_triton
 
 if triton is not None:
@@ -58,9 +63,35 @@ def to_fp8(x: torch.Tensor, dtype: torch.dtype, bound=None):
     return x8, scale.reciprocal()
 
 
+def _out_dtype(x):
+    """The dtype nn.Linear would return for x: autocast's (bf16 on the GPU) when it is on, else x's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 def _mm(a8, a_inv, b8, b_inv, out_dtype):
     """a @ b in fp8 with fp32 accumulation; a must be row-major and b column-major (cuBLAS's fp8 layout rule)."""
     return torch._scaled_mm(a8, b8, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype)
+
+
+def _linear_fp8(x8, x_inv, w, out_dtype):
+    """y = x @ w.T (x (M, K) already in fp8, w (N, K)); returns y and what the backward needs: (x8, x_inv, w8, w_inv)."""
+    w8, w_inv = to_fp8(w, E4M3)
+    return _mm(x8, x_inv, w8.t(), w_inv, out_dtype), (x8, x_inv, w8, w_inv)   # w8.t(): a column-major view
+
+
+def _linear_fp8_backward(saved, g8, g_inv, g8t, dtypes, needs=(True, True)):
+    """(dx, dw) of y = x @ w.T from the output gradient in e5m2: g8 (M, N) and, if already made, g8t = g8^T."""
+    x8, x_inv, w8, w_inv = saved
+    dx = dw = None
+    if needs[0]:
+        # dx (M, K) = g (M, N) @ w (N, K); w must be column-major: transpose-copy the (small) fp8 weight
+        dx = _mm(g8, g_inv, w8.t().contiguous().t(), w_inv, dtypes[0])
+    if needs[1]:
+        # dW (N, K) = g^T (N, M) @ x (M, K): both big operands need their transposed layouts
+        g8t = g8.t().contiguous() if g8t is None else g8t
+        dw = _mm(g8t, g_inv, x8.t().contiguous().t(), x_inv, dtypes[1])
+    return dx, dw
 
 
 class _Float8Matmul(torch.autograd.Function):
@@ -68,24 +99,15 @@ class _Float8Matmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, out_dtype, x_bound):
-        x8, x_inv = to_fp8(x, E4M3, x_bound)
-        w8, w_inv = to_fp8(w, E4M3)
-        ctx.save_for_backward(x8, x_inv, w8, w_inv)
+        y, saved = _linear_fp8(*to_fp8(x, E4M3, x_bound), w, out_dtype)
+        ctx.save_for_backward(*saved)
         ctx.dtypes = x.dtype, w.dtype
-        return _mm(x8, x_inv, w8.t(), w_inv, out_dtype)      # w8.t() is a column-major view: no copy
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        x8, x_inv, w8, w_inv = ctx.saved_tensors
-        x_dtype, w_dtype = ctx.dtypes
         g8, g_inv = to_fp8(g, E5M2)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            # dx (M, K) = g (M, N) @ w (N, K); w must be column-major: transpose-copy the (small) fp8 weight
-            dx = _mm(g8, g_inv, w8.t().contiguous().t(), w_inv, x_dtype)
-        if ctx.needs_input_grad[1]:
-            # dW (N, K) = g^T (N, M) @ x (M, K): both big operands need their transposed layouts
-            dw = _mm(g8.t().contiguous(), g_inv, x8.t().contiguous().t(), x_inv, w_dtype)
+        dx, dw = _linear_fp8_backward(ctx.saved_tensors, g8, g_inv, None, ctx.dtypes, ctx.needs_input_grad[:2])
         return dx, dw, None, None
 
 
@@ -97,11 +119,109 @@ class Float8Linear(nn.Linear):
     def forward(self, x):
         if not torch.is_grad_enabled():
             return F.linear(x, self.weight)
-        # autocast decides the output dtype as it would for nn.Linear (bf16 on the GPU), else the input's
-        dev = x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        y = _Float8Matmul.apply(x.reshape(-1, x.size(-1)), self.weight, out_dtype, self.input_bound)
+        y = _Float8Matmul.apply(x.reshape(-1, x.size(-1)), self.weight, _out_dtype(x), self.input_bound)
         return y.view(*x.shape[:-1], y.size(-1))
+
+
+class _Float8ReluSquaredMLP(torch.autograd.Function):
+    """y = relu(x @ w_fc.T)^2 @ w_proj.T, the GPT's MLP, with all six matmuls in fp8.
+
+    The same two fp8 linears as Float8Linear, except where the MLP's 4C-wide tensors meet fp8: the activation
+    a = relu(h)^2 going into c_proj, and the gradient g = dh * 2 relu(h) coming out of it -- the largest tensors
+    of a block. Each is cast by one pass of one kernel with a delayed scale (relu2_fp8, relu2_grad_fp8) instead
+    of an amax pass followed by a cast pass; the gradient's kernel pair also writes its transposed layout.
+    `amax` (2,), fp32, carries the two tensors' amaxes from one call to the next.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_fc, w_proj, out_dtype, x_bound, amax):
+        h, fc = _linear_fp8(*to_fp8(x, E4M3, x_bound), w_fc, out_dtype)
+        y, proj = _linear_fp8(*relu2_fp8(h, amax), w_proj, out_dtype)
+        ctx.save_for_backward(h, amax, *fc, *proj)
+        ctx.dtypes = x.dtype, w_fc.dtype, w_proj.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        h, amax, *saved = ctx.saved_tensors
+        x_dtype, fc_dtype, proj_dtype = ctx.dtypes
+        gy8, gy_inv = to_fp8(gy, E5M2)
+        dh, dw_proj = _linear_fp8_backward(saved[4:], gy8, gy_inv, None, (h.dtype, proj_dtype))
+        g8, g8t, g_inv = relu2_grad_fp8(dh, h, amax)
+        dx, dw_fc = _linear_fp8_backward(saved[:4], g8, g_inv, g8t, (x_dtype, fc_dtype),
+                                         (ctx.needs_input_grad[0], True))
+        return dx, dw_fc, dw_proj, None, None, None
+
+
+# Delayed scaling (as in NVIDIA's Transformer Engine): a tensor is scaled by the amax its layer saw one call
+# earlier -- in training the previous micro-step, with the same weights or one optimizer step apart -- times this
+# headroom. A power of two, so that it moves exponents and leaves mantissas as they were; a value
+# beyond the headroom saturates at the top of the format. The first call (history 0) measures its own amax.
+DELAYED_MARGIN = 2.0
+
+
+def _relu2_cast(h, dh, history, dtype):
+    """relu(h)^2 (dh None) or dh * 2 relu(h) cast to fp8 with the delayed scale; history[...] := this amax.
+
+    Returns (x8, inverse scale). On a GPU: one Triton pass that casts and reduces the amax as it goes, preceded
+    by an amax pass only when the history is empty -- the kernel checks, so the host never has to wait."""
+    fmax = torch.finfo(dtype).max
+    if not use_triton(h):
+        x = 2 * F.relu(h.float()) * dh.float() if dh is not None else F.relu(h.float()).square()
+        amax = x.abs().amax()
+        x8, inv = to_fp8(x, dtype, bound=torch.where(history > 0, history * DELAYED_MARGIN, amax))
+        history.copy_(amax)
+        return x8, inv
+    assert h.is_contiguous() and (dh is None or (dh.is_contiguous() and dh.shape == h.shape))
+    x8 = torch.empty(h.shape, dtype=dtype, device=h.device)
+    inv = torch.empty((), dtype=torch.float32, device=h.device)
+    amax = torch.zeros((), dtype=torch.float32, device=h.device)
+    n = h.numel()
+    grid = (min(triton.cdiv(n, _FLAT_BLOCK), _FLAT_PROGRAMS),)
+    args = (h, h if dh is None else dh, history, amax)
+    _relu2_amax_kernel[grid](*args, n, GRAD=dh is not None, BLOCK=_FLAT_BLOCK, num_warps=_FLAT_WARPS)
+    _relu2_fp8_kernel[grid](*args, x8, inv, n, DELAYED_MARGIN, fmax, GRAD=dh is not None, BLOCK=_FLAT_BLOCK,
+                            num_warps=_FLAT_WARPS)
+    history.copy_(amax)
+    return x8, inv
+
+
+@torch.library.custom_op("nanochat::relu2_fp8", mutates_args=("amax",))
+def relu2_fp8(h: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """relu(h)^2 in e4m3 with a delayed scale: (a8, a_inv). amax[0] is the history (see _relu2_cast).
+    A custom op, so that torch.compile calls it as it is rather than tracing into it."""
+    return _relu2_cast(h, None, amax[0], E4M3)
+
+
+@relu2_fp8.register_fake
+def _(h, amax):
+    return h.new_empty(h.shape, dtype=E4M3), h.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("nanochat::relu2_grad_fp8", mutates_args=("amax",))
+def relu2_grad_fp8(dh: torch.Tensor, h: torch.Tensor, amax: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """relu(h)^2's input gradient g = dh * 2 relu(h) in e5m2 with a delayed scale, in both layouts:
+    (g8 (M, N), g8^T (N, M), g_inv). amax[1] is the history. The transposed copy is a second kernel (the loss's)."""
+    g8, g_inv = _relu2_cast(h, dh, amax[1], E5M2)
+    M, N = g8.shape
+    if not use_triton(h):
+        return g8, g8.t().contiguous(), g_inv
+    g8t = torch.empty((N, M), dtype=E5M2, device=g8.device)
+    _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(N, 128))](g8.view(torch.uint8), g8t.view(torch.uint8), M, N,
+                                                                  BM=128, BV=128, num_warps=8)
+    return g8, g8t, g_inv
+
+
+@relu2_grad_fp8.register_fake
+def _(dh, h, amax):
+    M, N = dh.shape
+    return dh.new_empty((M, N), dtype=E5M2), dh.new_empty((N, M), dtype=E5M2), dh.new_empty((), dtype=torch.float32)
+
+
+# The two kernels' programs stride over the flat tensor. Tuned on an H100 at 65,536 x 5,120 (d20): the backward
+# pair (cast + transpose) 0.83 ms, the forward 0.37 ms; Inductor's amax + cast (+ transposed copy) 1.21 and 0.58 ms.
+_FLAT_BLOCK, _FLAT_PROGRAMS, _FLAT_WARPS = 2048, 4224, 8
 
 
 class _Float8SoftcapCrossEntropy(torch.autograd.Function):
@@ -134,9 +254,7 @@ class _Float8SoftcapCrossEntropy(torch.autograd.Function):
         g8, g8t = softcap_ce_grad_fp8(logits, lse, targets, coef, ctx.softcap)
         g_inv = coef.abs().clamp(min=1e-12) / torch.finfo(E5M2).max
         w8, w_inv = to_fp8(w, E4M3)
-        # dx (M, K) = g (M, V) @ w (V, K); dW (V, K) = g^T (V, M) @ x (M, K): see _Float8Matmul for the layouts
-        dx = _mm(g8, g_inv, w8.t().contiguous().t(), w_inv, ctx.x_dtype)
-        dw = _mm(g8t, g_inv, x8.t().contiguous().t(), x_inv, w.dtype)
+        dx, dw = _linear_fp8_backward((x8, x_inv, w8, w_inv), g8, g_inv, g8t, (ctx.x_dtype, w.dtype))
         return dx, dw, None, None, None
 
 
@@ -260,6 +378,41 @@ if triton is not None:
         tl.store(lse_ptr + rows, cap + tl.log(total), mask=rm)
 
     @triton.jit
+    def _relu2_value(h_ptr, dh_ptr, offs, mask, GRAD: tl.constexpr):
+        h = tl.maximum(tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+        if GRAD:
+            return 2.0 * h * tl.load(dh_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        return h * h
+
+    @triton.jit
+    def _relu2_amax_kernel(h_ptr, dh_ptr, hist_ptr, amax_ptr, n, GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        if tl.load(hist_ptr) == 0.0:                                        # no history: measure first
+            m = tl.zeros([BLOCK], dtype=tl.float32)
+            for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                m = tl.maximum(m, tl.abs(_relu2_value(h_ptr, dh_ptr, offs, offs < n, GRAD)))
+            tl.atomic_max(amax_ptr, tl.max(m))
+
+    @triton.jit
+    def _relu2_fp8_kernel(h_ptr, dh_ptr, hist_ptr, amax_ptr, x8_ptr, inv_ptr, n, margin, fmax,
+                          GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        hist = tl.load(hist_ptr)
+        scale = fmax / tl.maximum(tl.where(hist > 0.0, hist * margin, tl.load(amax_ptr)), 1e-12)
+        if tl.program_id(0) == 0:
+            tl.store(inv_ptr, 1.0 / scale)
+        m = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            x = _relu2_value(h_ptr, dh_ptr, offs, mask, GRAD)
+            m = tl.maximum(m, tl.abs(x))
+            x8 = tl.minimum(tl.maximum(x * scale, -fmax), fmax).to(x8_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+            tl.store(x8_ptr + offs, x8, mask=mask)
+        tl.atomic_max(amax_ptr, tl.max(m))      # this call's amax, for the next call's scale; in the first call
+                                                # it equals what the amax pass stored, which is why the read above
+                                                # is safe while other programs update it
+
+    @triton.jit
     def _transpose_kernel(x_ptr, y_ptr, M, V, BM: tl.constexpr, BV: tl.constexpr):
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BV + tl.arange(0, BV)
@@ -280,6 +433,21 @@ class Float8Head(nn.Linear):
     def softcap_cross_entropy(self, x, targets, softcap):
         return _Float8SoftcapCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.weight, targets.reshape(-1),
                                                 softcap, self.input_bound)
+
+
+class Float8MLP(MLP):
+    """The GPT's MLP trained through _Float8ReluSquaredMLP; c_fc and c_proj are Float8Linear (plain bf16 matmuls
+    under no_grad). Its one piece of state, the amax history `amax` (activation, gradient), is a non-persistent
+    buffer: checkpoints are unchanged, and a resumed run measures afresh on its first micro-step."""
+
+    amax: torch.Tensor
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        y = _Float8ReluSquaredMLP.apply(x.reshape(-1, x.size(-1)), self.c_fc.weight, self.c_proj.weight,
+                                        _out_dtype(x), self.c_fc.input_bound, self.amax)
+        return y.view(*x.shape[:-1], y.size(-1))
 
 
 def convert_to_float8(model: nn.Module, skip=("lm_head",), unit_rms_inputs=("c_q", "c_k", "c_v", "c_fc", "lm_head"),
@@ -310,6 +478,12 @@ def convert_to_float8(model: nn.Module, skip=("lm_head",), unit_rms_inputs=("c_q
         if short in unit_rms_inputs:
             module.input_bound = math.sqrt(in_f)
         n += 1
+    for name, module in model.named_modules():
+        if blocks and type(module) is MLP and type(module.c_fc) is type(module.c_proj) is Float8Linear:
+            if module.c_fc.weight.is_meta:
+                raise ValueError(f"{name}: convert after the weights are materialised (the MLP gets a buffer)")
+            module.__class__ = Float8MLP
+            module.register_buffer("amax", torch.zeros(2, device=module.c_fc.weight.device), persistent=False)
     return n
 
 
