@@ -17,8 +17,8 @@ Design choices:
 - on CUDA the Engine decodes with `StaticDecoder` (fast=None picks it): a static-shape cache, a tensor position
   and a CUDA graph of the one-token step; it computes what the plain path computes (tests compare them)
 
-Measured on one H100 (benchmarks/bench_infer.py, d20, see benchmarks/RESULTS.md): 1,054 tok/s at batch 1 and
-33,597 tok/s at batch 64 with StaticDecoder and the fused kernels, against 40 tok/s at batch 1 for the plain
+Measured on one H100 (benchmarks/bench_infer.py, d20, see benchmarks/RESULTS.md): 1,057 tok/s at batch 1 and
+33,603 tok/s at batch 64 with StaticDecoder and the fused kernels, against 66 tok/s at batch 1 for the plain
 cached loop.
 torch.compile of the step was measured and made it slower (1.88 vs 1.50 ms per graph replay at batch 1): the
 step's elementwise work is fused by hand instead (nanochat/kernels.py).
