@@ -155,8 +155,8 @@ class _Float8ReluSquaredMLP(torch.autograd.Function):
 
 # Delayed scaling (as in NVIDIA's Transformer Engine): a tensor is scaled by the amax its layer saw one call
 # earlier -- in training the previous micro-step, with the same weights or one optimizer step apart -- times this
-# headroom. A power of two, so that it moves exponents and leaves mantissas as they were; a value
-# beyond the headroom saturates at the top of the format. The first call (history 0) measures its own amax.
+# headroom. A power of two, so that it moves exponents and leaves mantissas as they were; a value beyond the
+# headroom saturates at the top of the format. The first call (history 0) measures its own amax.
 DELAYED_MARGIN = 2.0
 
 
@@ -204,13 +204,7 @@ def relu2_grad_fp8(dh: torch.Tensor, h: torch.Tensor, amax: torch.Tensor
     """relu(h)^2's input gradient g = dh * 2 relu(h) in e5m2 with a delayed scale, in both layouts:
     (g8 (M, N), g8^T (N, M), g_inv). amax[1] is the history. The transposed copy is a second kernel (the loss's)."""
     g8, g_inv = _relu2_cast(h, dh, amax[1], E5M2)
-    M, N = g8.shape
-    if not use_triton(h):
-        return g8, g8.t().contiguous(), g_inv
-    g8t = torch.empty((N, M), dtype=E5M2, device=g8.device)
-    _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(N, 128))](g8.view(torch.uint8), g8t.view(torch.uint8), M, N,
-                                                                  BM=128, BV=128, num_warps=8)
-    return g8, g8t, g_inv
+    return g8, _transposed(g8), g_inv
 
 
 @relu2_grad_fp8.register_fake
@@ -304,16 +298,13 @@ def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.
         onehot = targets.unsqueeze(1) == torch.arange(V, device=logits.device)
         row = torch.where(targets >= 0, coef, 0.0).unsqueeze(1)  # ignored rows get no gradient
         g8, _ = to_fp8((p - onehot.float()) * (4 * e / ((1 + e) * (1 + e))) * row, E5M2, bound=coef.abs())
-        return g8, g8.t().contiguous()
+        return g8, _transposed(g8)
     assert logits.is_contiguous() and lse.is_contiguous() and targets.is_contiguous()
     g8 = torch.empty((M, V), dtype=E5M2, device=logits.device)
-    g8t = torch.empty((V, M), dtype=E5M2, device=logits.device)
     _softcap_ce_grad_fp8_kernel[(triton.cdiv(M, 32), triton.cdiv(V, 256))](
         logits, lse, targets, coef, g8, M, V, *_exp2_constants(softcap), torch.finfo(E5M2).max,
         BM=32, BV=256, num_warps=4)
-    _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(V, 128))](g8.view(torch.uint8), g8t.view(torch.uint8), M, V,
-                                                                  BM=128, BV=128, num_warps=8)
-    return g8, g8t
+    return g8, _transposed(g8)
 
 
 @softcap_ce_grad_fp8.register_fake
@@ -326,6 +317,18 @@ def _(logits, lse, targets, coef, softcap):
 # 4 warps (13.5 ms in session 5's form: 128 x 128 tiles and IEEE divisions, z / cap and 1 / (1 + e), which cost
 # more than the exps; the same bits come out), the transpose 3.1 ms at 128 x 128 (2.8 TB/s). One kernel storing
 # both layouts took 476 ms at 128 x 128 (17-25 ms at smaller tiles), hence two (benchmarks/RESULTS.md).
+
+
+def _transposed(x8: torch.Tensor) -> torch.Tensor:
+    """x8^T, contiguous: the layout the weight gradient's fp8 matmul needs. On a GPU a Triton kernel (2.8 TB/s
+    at 128 x 128 tiles; Inductor's transposed fp8 copy took 0.326 vs its 0.243 ms at 65,536 x 5,120)."""
+    if not use_triton(x8):
+        return x8.t().contiguous()
+    M, N = x8.shape
+    out = torch.empty((N, M), dtype=x8.dtype, device=x8.device)
+    _transpose_kernel[(triton.cdiv(M, 128), triton.cdiv(N, 128))](x8.view(torch.uint8), out.view(torch.uint8), M, N,
+                                                                  BM=128, BV=128, num_warps=8)
+    return out
 
 
 def _exp2_constants(softcap: float) -> tuple[float, float]:
