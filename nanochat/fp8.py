@@ -225,98 +225,81 @@ class _Float8SoftcapCrossEntropy(torch.autograd.Function):
     model reports. The backward's two matmuls over the (M, V) logits gradient -- the largest tensor of the step
     -- run in fp8, and that gradient's scale is known without looking at it: each entry is
     (softmax - one-hot) * softcap' * dloss / n with |softmax - one-hot| <= 1 and 0 < softcap' <= 1, so no entry
-    exceeds |dloss| / n. Its cast then fuses into the kernel that computes it: no amax pass over V-wide rows.
+    exceeds |dloss| / n. dloss / n is one number for the whole tensor, so the gradient can be made -- in fp8,
+    by the same kernel that reduces the loss -- before dloss is known: the forward writes it and frees the
+    logits, and the backward only rescales (softcap_ce_fp8).
     """
 
     @staticmethod
     def forward(ctx, x, w, targets, softcap, x_bound):
         logits = F.linear(x, w)                                   # (M, V)
-        lse = softcap_logsumexp(logits, softcap)                  # (M,) fp32
+        lse, g8, g8t = softcap_ce_fp8(logits, targets, softcap)   # the logits are not needed after this
         valid = targets >= 0
         z_t = logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)    # each row's target logit
         picked = softcap * torch.tanh(z_t.float() / softcap)
         n = valid.sum()
         x8, x_inv = to_fp8(x, E4M3, x_bound)
-        ctx.save_for_backward(x8, x_inv, w, logits, lse, targets, n)
-        ctx.softcap, ctx.x_dtype = softcap, x.dtype
+        ctx.save_for_backward(x8, x_inv, w, g8, g8t, n)
+        ctx.x_dtype = x.dtype
         return torch.where(valid, lse - picked, 0.0).sum() / n
 
     @staticmethod
     def backward(ctx, dloss):
-        x8, x_inv, w, logits, lse, targets, n = ctx.saved_tensors
-        coef = dloss.float() / n
-        g8, g8t = softcap_ce_grad_fp8(logits, lse, targets, coef, ctx.softcap)
-        g_inv = coef.abs().clamp(min=1e-12) / torch.finfo(E5M2).max
+        x8, x_inv, w, g8, g8t, n = ctx.saved_tensors
+        g_inv = dloss.float() / n / torch.finfo(E5M2).max        # g8 holds g * fmax / (dloss / n); the sign too
         w8, w_inv = to_fp8(w, E4M3)
         dx, dw = _linear_fp8_backward((x8, x_inv, w8, w_inv), g8, g_inv, g8t, (ctx.x_dtype, w.dtype))
         return dx, dw, None, None, None
 
 
-@torch.library.custom_op("nanochat::softcap_logsumexp", mutates_args=())
-def softcap_logsumexp(logits: torch.Tensor, softcap: float) -> torch.Tensor:
-    """Each row's logsumexp of softcap * tanh(logits / softcap), in fp32: the forward half of the loss.
+@torch.library.custom_op("nanochat::softcap_ce_fp8", mutates_args=())
+def softcap_ce_fp8(logits: torch.Tensor, targets: torch.Tensor, softcap: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean softcapped cross-entropy's two halves from the logits (M, V), for dloss / n = 1:
+    each row's logsumexp of softcap * tanh(logits / softcap) (fp32, (M,)), and the logits gradient
+    (softmax - one-hot) * softcap' in e5m2, scaled by its bound 1 to the top of the format, 0 in rows whose
+    target is -1 -- in both layouts, (M, V) and (V, M), as the two backward matmuls need.
 
-    |softcapped logit| <= softcap, so exp(s - softcap) lies in (e^(-2 softcap), 1] and a row's sum needs no running
-    maximum: one pass over the logits. On a GPU a Triton kernel in the gradient kernel's arithmetic: 3.5 ms at
-    65,536 x 65,536 on an H100, where Inductor's fused softcap + logsumexp took 7.1 ms (its time went to IEEE
-    divisions, not to memory).
+    |softcapped logit| <= softcap, so exp(s - softcap) lies in (e^(-2 softcap), 1] and a row's sum needs no
+    running maximum. On a GPU one Triton kernel takes each row through two sweeps over the vocabulary -- the
+    sum, then the gradient -- so the second sweep can find the row (128 KB at V = 65,536) still in cache; a second
+    kernel transposes. A custom op, so that torch.compile calls it as it is rather than tracing into it.
     """
     M, V = logits.shape
-    if not use_triton(logits):
-        return torch.logsumexp(softcap * torch.tanh(logits.float() / softcap), dim=-1)
-    assert logits.is_contiguous()
-    lse = torch.empty(M, dtype=torch.float32, device=logits.device)
-    _softcap_lse_kernel[(triton.cdiv(M, 4),)](logits, lse, M, V, *_exp2_constants(softcap), softcap,
-                                              BM=4, BV=1024, num_warps=4)
-    return lse
-
-
-@softcap_logsumexp.register_fake
-def _(logits, softcap):
-    return logits.new_empty(logits.shape[:1], dtype=torch.float32)
-
-
-@torch.library.custom_op("nanochat::softcap_ce_grad_fp8", mutates_args=())
-def softcap_ce_grad_fp8(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor,
-                        softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits gradient of the mean softcapped cross-entropy, in e5m2, in both layouts: (g8 (M, V), g8^T (V, M)).
-
-    g = (softmax - one-hot) * softcap' * coef per row (0 for ignored targets), scaled by the bound |coef|.
-    `lse` holds each row's logsumexp of the softcapped logits, `coef` = dloss / n. On a GPU one Triton kernel
-    reads the bf16 logits once and writes g8, a second one transposes it (the weight gradient's layout): Inductor's
-    fused kernel writing both layouts ran at 0.8 TB/s and ate the fp8 matmuls' gain.
-    A custom op, so that torch.compile calls it as it is rather than tracing into it.
-    """
-    M, V = logits.shape
+    fmax = torch.finfo(E5M2).max
     if not use_triton(logits):
         # tanh and its derivative 1 - tanh^2 from e = exp(-2|a|): 1 - u*u would cancel catastrophically where
         # the softcap saturates (|u| -> 1), and the kernel computes the same expressions
         a = logits.float() / softcap
         e = torch.exp(-2 * a.abs())
         u = torch.sign(a) * (1 - e) / (1 + e)
+        lse = torch.logsumexp(softcap * u, dim=-1)
         p = torch.exp(softcap * u - lse.unsqueeze(1))
         onehot = targets.unsqueeze(1) == torch.arange(V, device=logits.device)
-        row = torch.where(targets >= 0, coef, 0.0).unsqueeze(1)  # ignored rows get no gradient
-        g8, _ = to_fp8((p - onehot.float()) * (4 * e / ((1 + e) * (1 + e))) * row, E5M2, bound=coef.abs())
-        return g8, _transposed(g8)
-    assert logits.is_contiguous() and lse.is_contiguous() and targets.is_contiguous()
+        g = (p - onehot.float()) * (4 * e / ((1 + e) * (1 + e))) * (targets >= 0).unsqueeze(1)
+        g8, _ = to_fp8(g, E5M2, bound=1.0)
+        return lse, g8, _transposed(g8)
+    assert logits.is_contiguous() and targets.is_contiguous()
+    lse = torch.empty(M, dtype=torch.float32, device=logits.device)
     g8 = torch.empty((M, V), dtype=E5M2, device=logits.device)
-    _softcap_ce_grad_fp8_kernel[(triton.cdiv(M, 32), triton.cdiv(V, 256))](
-        logits, lse, targets, coef, g8, M, V, *_exp2_constants(softcap), torch.finfo(E5M2).max,
-        BM=32, BV=256, num_warps=4)
-    return g8, _transposed(g8)
+    _softcap_ce_fp8_kernel[(triton.cdiv(M, _CE_ROWS),)](logits, targets, lse, g8, M, V, *_exp2_constants(softcap),
+                                                        fmax, BM=_CE_ROWS, BV=_CE_COLS, num_warps=_CE_WARPS)
+    return lse, g8, _transposed(g8)
 
 
-@softcap_ce_grad_fp8.register_fake
-def _(logits, lse, targets, coef, softcap):
+@softcap_ce_fp8.register_fake
+def _(logits, targets, softcap):
     M, V = logits.shape
-    return logits.new_empty((M, V), dtype=E5M2), logits.new_empty((V, M), dtype=E5M2)
+    return (logits.new_empty((M,), dtype=torch.float32), logits.new_empty((M, V), dtype=E5M2),
+            logits.new_empty((V, M), dtype=E5M2))
 
 
-# Measured on an H100 at 65,536 x 65,536 (one d12/d20 micro-batch): the gradient kernel 5.8 ms at 32 x 256 tiles,
-# 4 warps (13.5 ms in session 5's form: 128 x 128 tiles and IEEE divisions, z / cap and 1 / (1 + e), which cost
-# more than the exps; the same bits come out), the transpose 3.1 ms at 128 x 128 (2.8 TB/s). One kernel storing
-# both layouts took 476 ms at 128 x 128 (17-25 ms at smaller tiles), hence two (benchmarks/RESULTS.md).
+# The loss kernel's shape: _CE_ROWS rows per program, _CE_COLS columns per load. On an H100 at 65,536 x 65,536
+# (one d12/d20 micro-batch) it takes 7.9 ms (7.9-9.1 over 11 shapes; persistent grids that keep fewer rows in
+# flight were slower, 8.7-19 ms), where session 6's pair -- a logsumexp kernel in the forward, a gradient kernel
+# in the backward, each reading the logits from memory -- took 10.5 (13.6 with the transpose, 3.1 ms, added to
+# both). Its bound is the special-function unit more than memory: three exp2/reciprocals per logit and sweep.
+_CE_ROWS, _CE_COLS, _CE_WARPS = 1, 2048, 4
 
 
 def _transposed(x8: torch.Tensor) -> torch.Tensor:
@@ -348,37 +331,31 @@ if triton is not None:
         return tl.where(z < 0, -1.0, 1.0) * (1.0 - e) * r, e, r
 
     @triton.jit
-    def _softcap_ce_grad_fp8_kernel(z_ptr, lse_ptr, t_ptr, coef_ptr, g_ptr, M, V, k_e, k_p, fmax,
-                                    BM: tl.constexpr, BV: tl.constexpr):
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        cols = tl.program_id(1) * BV + tl.arange(0, BV)
-        rm, cm = rows < M, cols < V
-        mask = rm[:, None] & cm[None, :]
-        offs = rows[:, None].to(tl.int64) * V + cols[None, :]
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        lse = tl.load(lse_ptr + rows, mask=rm, other=0.0) * 1.4426950408889634    # x log2(e): base 2, like k_p
-        t = tl.load(t_ptr + rows, mask=rm, other=-1)
-        coef = tl.load(coef_ptr)
-        u, e, r = _softcap_tanh(z, k_e)
-        p = tl.exp2(k_p * u - lse[:, None])                                 # exp(cap * u - lse)
-        onehot = (cols[None, :] == t[:, None]).to(tl.float32)
-        row = tl.where(t >= 0, coef, 0.0) * (fmax / tl.maximum(tl.abs(coef), 1e-12))
-        g = (p - onehot) * (4.0 * e * r * r) * row[:, None]                  # softcap' = 1 - tanh^2 = 4 e r^2
-        g8 = tl.minimum(tl.maximum(g, -fmax), fmax).to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-        tl.store(g_ptr + offs, g8, mask=mask)
-
-    @triton.jit
-    def _softcap_lse_kernel(z_ptr, lse_ptr, M, V, k_e, k_p, cap, BM: tl.constexpr, BV: tl.constexpr):
+    def _softcap_ce_fp8_kernel(z_ptr, t_ptr, lse_ptr, g_ptr, M, V, k_e, k_p, fmax,
+                               BM: tl.constexpr, BV: tl.constexpr):
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < M
+        z_row = z_ptr + rows[:, None].to(tl.int64) * V
+        g_row = g_ptr + rows[:, None].to(tl.int64) * V
         total = tl.zeros([BM], dtype=tl.float32)
-        for start in range(0, V, BV):
+        for start in range(0, V, BV):                                       # sweep 1: sum of exp(s - cap)
             cols = start + tl.arange(0, BV)
             mask = rm[:, None] & (cols < V)[None, :]
-            z = tl.load(z_ptr + rows[:, None].to(tl.int64) * V + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            u, _, _ = _softcap_tanh(z, k_e)
-            total += tl.sum(tl.where(mask, tl.exp2(k_p * u - k_p), 0.0), axis=1)     # exp(s - cap)
-        tl.store(lse_ptr + rows, cap + tl.log(total), mask=rm)
+            u, _, _ = _softcap_tanh(tl.load(z_row + cols[None, :], mask=mask, other=0.0).to(tl.float32), k_e)
+            total += tl.sum(tl.where(mask, tl.exp2(k_p * u - k_p), 0.0), axis=1)
+        lse2 = tl.where(rm, k_p + tl.log2(total), 0.0)                      # the logsumexp in base 2
+        tl.store(lse_ptr + rows, lse2 * 0.6931471805599453, mask=rm)
+        t = tl.load(t_ptr + rows, mask=rm, other=-1)
+        row = tl.where(t >= 0, fmax, 0.0)                                   # ignored rows get no gradient
+        for start in range(0, V, BV):                                       # sweep 2: the gradient
+            cols = start + tl.arange(0, BV)
+            mask = rm[:, None] & (cols < V)[None, :]
+            u, e, r = _softcap_tanh(tl.load(z_row + cols[None, :], mask=mask, other=0.0).to(tl.float32), k_e)
+            p = tl.exp2(k_p * u - lse2[:, None])                            # exp(cap * u - lse)
+            onehot = (cols[None, :] == t[:, None]).to(tl.float32)
+            g = (p - onehot) * (4.0 * e * r * r) * row[:, None]              # softcap' = 1 - tanh^2 = 4 e r^2
+            g8 = tl.minimum(tl.maximum(g, -fmax), fmax).to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+            tl.store(g_row + cols[None, :], g8, mask=mask)
 
     @triton.jit
     def _relu2_value(h_ptr, dh_ptr, offs, mask, GRAD: tl.constexpr):
