@@ -16,7 +16,7 @@
 #   d32    ~1.9B params                                    more than a day on 8xH100
 # Other knobs: NANOCHAT_BASE_DIR (artifacts; cpu/smoke default to ~/.cache/nanochat/speedrun-<tier>),
 # NPROC (GPUs to use), WANDB_RUN (wandb run name; default off), SKIP_SETUP=1 (use the current .venv as is),
-# SKIP_RL=1 (stop after SFT), FP8=1 (GPU tiers: pretrain with fp8 matmuls, nanochat/fp8.py; +24% tok/s
+# SKIP_RL=1 (stop after SFT), FP8=1 (GPU tiers: pretrain with fp8 matmuls, nanochat/fp8.py; +23% tok/s
 # at d20 on one H100, benchmarks/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")"

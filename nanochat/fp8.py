@@ -296,7 +296,7 @@ def _(logits, targets, softcap):
 
 # The loss kernel's shape: _CE_ROWS rows per program, _CE_COLS columns per load. On an H100 at 65,536 x 65,536
 # (one d12/d20 micro-batch) it takes 7.9 ms (7.9-9.1 over 11 shapes; persistent grids that keep fewer rows in
-# flight were slower, 8.7-19 ms), where session 6's pair -- a logsumexp kernel in the forward, a gradient kernel
+# flight were slower, 9.5-19 ms), where session 6's pair -- a logsumexp kernel in the forward, a gradient kernel
 # in the backward, each reading the logits from memory -- took 10.5 (13.6 with the transpose, 3.1 ms, added to
 # both). Its bound is the special-function unit more than memory: three exp2/reciprocals per logit and sweep.
 _CE_ROWS, _CE_COLS, _CE_WARPS = 1, 2048, 4

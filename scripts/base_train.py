@@ -14,8 +14,8 @@ Design choices (as in nanochat, October 2025):
 - LR: optional warmup, constant, then a linear warmdown over the last 20% to 0; Muon momentum 0.85 -> 0.95 over
   300 steps
 - bf16 autocast + torch.compile on CUDA; plain fp32 on CPU (so resume is bit-for-bit there)
-- --fp8: the blocks' training matmuls and the lm_head's backward in fp8 (nanochat/fp8.py; Hopper GPUs): +24%
-  tokens/s at d20 on one H100, +13% at d12 (benchmarks/RESULTS.md); checkpoints and evaluation are the same as
+- --fp8: the blocks' training matmuls and the lm_head's backward in fp8 (nanochat/fp8.py; Hopper GPUs): +23%
+  tokens/s at d20 on one H100, +14% at d12 (benchmarks/RESULTS.md); checkpoints and evaluation are the same as
   without it
 - checkpoints are atomic and hold model, optimizers and the loader's exact position, so --resume (after a crash,
   even SIGKILL) continues the very same trajectory; a damaged newest checkpoint falls back to the previous one
