@@ -338,13 +338,18 @@ def test_ce_kernel_matches_its_reference_under_triton_interpreter():
     run_under_triton_interpreter(child, timeout=300)
 
 
-def test_ce_kernel_on_cuda_matches_its_reference():
+def _kernel_checks_on_cuda():
+    """KERNEL_CHECKS's functions, to run on the GPU; skips where there is none."""
     pytest.importorskip("triton")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here (the interpreter test above covers the kernel code on CPU)")
     scope = {}
     exec(KERNEL_CHECKS, scope)
-    ref, tri, (ref_err, tri_err) = scope["ce_both"]("cuda")
+    return scope
+
+
+def test_ce_kernel_on_cuda_matches_its_reference():
+    ref, tri, (ref_err, tri_err) = _kernel_checks_on_cuda()["ce_both"]("cuda")
     diff = ref != tri
     # the GPU's exp is approximate: a value on a rounding boundary may land one code away, rarely
     assert ((ref - tri).abs()[diff] == 1).all() and diff.float().mean() < 0.01, diff.float().mean()
@@ -361,10 +366,5 @@ def test_relu2_kernels_match_their_reference_under_triton_interpreter():
 
 
 def test_relu2_kernels_on_cuda_give_the_reference_codes():
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU here (the interpreter test above covers the kernel code on CPU)")
-    scope = {}
-    exec(KERNEL_CHECKS, scope)
-    for ref, tri, fmt in scope["relu2_both"]("cuda"):
+    for ref, tri, fmt in _kernel_checks_on_cuda()["relu2_both"]("cuda"):
         assert torch.equal(ref, tri), ((ref != tri).float().mean(), fmt)   # products only: the same bits
