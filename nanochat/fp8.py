@@ -167,11 +167,7 @@ def _relu2_cast(h, dh, history, dtype):
     by an amax pass only when the history is empty -- the kernel checks, so the host never has to wait."""
     fmax = torch.finfo(dtype).max
     if not use_triton(h):
-        x = 2 * F.relu(h.float()) * dh.float() if dh is not None else F.relu(h.float()).square()
-        amax = x.abs().amax()
-        x8, inv = to_fp8(x, dtype, bound=torch.where(history > 0, history * DELAYED_MARGIN, amax))
-        history.copy_(amax)
-        return x8, inv
+        return _relu2_cast_pytorch(h, dh, history, dtype)
     assert h.is_contiguous() and (dh is None or (dh.is_contiguous() and dh.shape == h.shape))
     x8 = torch.empty(h.shape, dtype=dtype, device=h.device)
     inv = torch.empty((), dtype=torch.float32, device=h.device)
@@ -182,6 +178,16 @@ def _relu2_cast(h, dh, history, dtype):
     _relu2_amax_kernel[grid](*args, n, GRAD=dh is not None, BLOCK=_FLAT_BLOCK, num_warps=_FLAT_WARPS)
     _relu2_fp8_kernel[grid](*args, x8, inv, n, DELAYED_MARGIN, fmax, GRAD=dh is not None, BLOCK=_FLAT_BLOCK,
                             num_warps=_FLAT_WARPS)
+    history.copy_(amax)
+    return x8, inv
+
+
+def _relu2_cast_pytorch(h, dh, history, dtype):
+    """_relu2_cast's arithmetic in PyTorch: the CPU path, the kernels' reference, and what the benchmark
+    (benchmarks/bench_kernels.py) hands to torch.compile as the kernels' peer."""
+    x = 2 * F.relu(h.float()) * dh.float() if dh is not None else F.relu(h.float()).square()
+    amax = x.abs().amax()
+    x8, inv = to_fp8(x, dtype, bound=torch.where(history > 0, history * DELAYED_MARGIN, amax))
     history.copy_(amax)
     return x8, inv
 
@@ -268,16 +274,7 @@ def softcap_ce_fp8(logits: torch.Tensor, targets: torch.Tensor, softcap: float
     M, V = logits.shape
     fmax = torch.finfo(E5M2).max
     if not use_triton(logits):
-        # tanh and its derivative 1 - tanh^2 from e = exp(-2|a|): 1 - u*u would cancel catastrophically where
-        # the softcap saturates (|u| -> 1), and the kernel computes the same expressions
-        a = logits.float() / softcap
-        e = torch.exp(-2 * a.abs())
-        u = torch.sign(a) * (1 - e) / (1 + e)
-        lse = torch.logsumexp(softcap * u, dim=-1)
-        p = torch.exp(softcap * u - lse.unsqueeze(1))
-        onehot = targets.unsqueeze(1) == torch.arange(V, device=logits.device)
-        g = (p - onehot.float()) * (4 * e / ((1 + e) * (1 + e))) * (targets >= 0).unsqueeze(1)
-        g8, _ = to_fp8(g, E5M2, bound=1.0)
+        lse, g8 = _softcap_ce_pytorch(logits, targets, softcap)
         return lse, g8, _transposed(g8)
     assert logits.is_contiguous() and targets.is_contiguous()
     lse = torch.empty(M, dtype=torch.float32, device=logits.device)
@@ -292,6 +289,21 @@ def _(logits, targets, softcap):
     M, V = logits.shape
     return (logits.new_empty((M,), dtype=torch.float32), logits.new_empty((M, V), dtype=E5M2),
             logits.new_empty((V, M), dtype=E5M2))
+
+
+def _softcap_ce_pytorch(logits, targets, softcap):
+    """softcap_ce_fp8's arithmetic in PyTorch, one layout: (lse, g8). The CPU path, the kernel's reference and
+    its peer in benchmarks/bench_kernels.py."""
+    # tanh and its derivative 1 - tanh^2 from e = exp(-2|a|): 1 - u*u would cancel catastrophically where the
+    # softcap saturates (|u| -> 1), and the kernel computes the same expressions
+    a = logits.float() / softcap
+    e = torch.exp(-2 * a.abs())
+    u = torch.sign(a) * (1 - e) / (1 + e)
+    lse = torch.logsumexp(softcap * u, dim=-1)
+    p = torch.exp(softcap * u - lse.unsqueeze(1))
+    onehot = targets.unsqueeze(1) == torch.arange(logits.size(1), device=logits.device)
+    g = (p - onehot.float()) * (4 * e / ((1 + e) * (1 + e))) * (targets >= 0).unsqueeze(1)
+    return lse, to_fp8(g, E5M2, bound=1.0)[0]
 
 
 # The loss kernel's shape: _CE_ROWS rows per program, _CE_COLS columns per load. On an H100 at 65,536 x 65,536

@@ -1,0 +1,60 @@
+"""Each benchmark's documented smoke command runs on a CPU, so the scripts that produce benchmarks/RESULTS.md do
+not rot between GPU sessions. The commands are read from the scripts' own docstrings (the line marked `smoke`),
+so the documentation is what gets tested."""
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def smoke_command(script):
+    """The `python -m benchmarks...` line of the script's docstring whose comment says smoke, joined across
+    backslash continuations."""
+    with open(os.path.join(BENCH, script)) as f:
+        doc = ast.get_docstring(ast.parse(f.read()))
+    text = re.sub(r"\\\s*\n\s*", " ", doc)
+    for line in text.splitlines():
+        if line.strip().startswith("python -m benchmarks.") and "smoke" in line:
+            return shlex.split(line.split("#")[0])
+    raise AssertionError(f"{script}: no smoke command in its docstring")
+
+
+def run(argv):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def json_lines(out):
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("script", ["bench_gpt.py", "bench_infer.py"])
+def test_smoke_command_runs(script):
+    assert run(smoke_command(script)).strip()
+
+
+def test_bench_train_smoke_measures_a_step():
+    steps = [r for r in json_lines(run(smoke_command("bench_train.py"))) if r["what"] == "train_step"]
+    assert steps and all("error" not in r and r["tok_per_s"] > 0 for r in steps), steps
+
+
+def test_bench_kernels_smoke_times_every_kernel_against_its_peer():
+    out = run(smoke_command("bench_kernels.py"))
+    rows = [r for r in json_lines(out) if r["what"] == "kernel"]
+    assert [r["kernel"] for r in rows] == ["loss", "mlp_act", "mlp_grad", "transpose"]
+    for r in rows:
+        assert r["ours_ms"] > 0 and r["eager_ms"] > 0 and r["eager_ratio"] > 0, r
+        assert r["codes_differ"] == 0, r            # on a CPU "ours" is the PyTorch path itself
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 6 and table[0].startswith("| kernel |")   # the markdown table: header, rule, a row each
