@@ -9,6 +9,20 @@ declare -a TIMES=()
 phase() { TIMES+=("$1: $(( $(date +%s) - $2 ))s"); echo "== $1 took $(( $(date +%s) - $2 ))s"; }
 
 t=$(date +%s); bash dev/setup.sh; phase setup "$t"
+
+# The UI and website tests drive a real browser: Debian's chromium and chromedriver. Install them where this
+# script can (root with apt-get, as on CI); elsewhere those tests skip and say why.
+if [ ! -x /usr/bin/chromium ] || [ ! -e /usr/bin/chromedriver ]; then
+  t=$(date +%s)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver fonts-noto-cjk >/dev/null; } \
+      || echo "note: installing chromium failed; the browser tests will skip"
+  else
+    echo "note: no /usr/bin/chromium + chromedriver (install Debian's chromium chromium-driver); browser tests skip"
+  fi
+  phase browser "$t"
+fi
 export PATH="$PWD/.venv/bin:$HOME/.cargo/bin:$PATH"
 
 source dev/offline.sh
