@@ -21,26 +21,18 @@ relu2_grad_fp8: dh * 2 relu(h) to e5m2, both layouts; `transpose` -- the fp8 tra
 Writes one JSON line per measurement (and to --out), then a markdown table for benchmarks/RESULTS.md.
 """
 import argparse
-import json
 import os
 import statistics
 import time
 
 import torch
 
+from benchmarks.bench_train import log   # one JSON line to stdout and --out
 from nanochat import fp8 as F8
-from nanochat.gpt import config_for_depth
+from nanochat.gpt import GPT, config_for_depth
 from nanochat.kernels import triton, use_triton
 
-SOFTCAP = 15.0   # the GPT's logit softcap
-
-
-def log(out, rec):
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
+SOFTCAP = GPT.softcap   # the GPT's logit softcap
 
 
 def time_ms(fn, device, reps):
