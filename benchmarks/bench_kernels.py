@@ -144,7 +144,8 @@ def main():
     ap.add_argument("--vocab-size", type=int, default=65536)
     ap.add_argument("--depths", type=lambda s: [int(d) for d in s.split(",")], default=[12, 20],
                     help="the MLP widths are 4 x n_embd of these depths")
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=20,
+                    help="timed calls on a CPU; on a GPU, do_bench times calls for 4 ms x reps (at least 100 ms)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="also time torch.compile (Inductor) of each PyTorch path")
     ap.add_argument("--out", default="")
@@ -158,6 +159,7 @@ def main():
     for case in cases(args, device):
         rows.append(measure(*case, args=args, device=device))
         log(args.out, rows[-1])
+        del case      # so that the generator's own del frees the loss's (tokens, vocab) logits before the MLP rows
     print(table(rows))
 
 
