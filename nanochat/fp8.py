@@ -431,7 +431,8 @@ class Float8Head(nn.Linear):
 class Float8MLP(MLP):
     """The GPT's MLP trained through _Float8ReluSquaredMLP; c_fc and c_proj are Float8Linear (plain bf16 matmuls
     under no_grad). Its one piece of state, the amax history `amax` (activation, gradient), is a non-persistent
-    buffer: checkpoints are unchanged, and a resumed run measures afresh on its first micro-step."""
+    buffer, so the model's checkpoint stays that of a plain GPT; a training run that resumes carries the
+    histories beside its optimizer state instead (`amax_histories` / `load_amax_histories`)."""
 
     amax: torch.Tensor
 
@@ -478,6 +479,23 @@ def convert_to_float8(model: nn.Module, skip=("lm_head",), unit_rms_inputs=("c_q
             module.__class__ = Float8MLP
             module.register_buffer("amax", torch.zeros(2, device=module.c_fc.weight.device), persistent=False)
     return n
+
+
+def amax_histories(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The delayed-scaling state of every Float8MLP, by module name: what a resumable checkpoint must keep so the
+    first micro-step after a resume casts with the same scales as the uninterrupted run would. Each DDP rank
+    measures its own gradients, so each rank saves its own."""
+    return {name: m.amax.detach().cpu().clone() for name, m in model.named_modules() if isinstance(m, Float8MLP)}
+
+
+def load_amax_histories(model: nn.Module, histories: dict[str, torch.Tensor]) -> None:
+    """Put back what amax_histories saved; the model must have the same Float8MLP modules."""
+    mlps = {name: m for name, m in model.named_modules() if isinstance(m, Float8MLP)}
+    if mlps.keys() != histories.keys():
+        raise ValueError(f"the checkpoint's fp8 amax histories are for {len(histories)} MLPs, "
+                         f"this model has {len(mlps)} fp8 MLPs")
+    for name, m in mlps.items():
+        m.amax.copy_(histories[name])
 
 
 def fp8_supported(device) -> bool:

@@ -138,7 +138,7 @@ def main(argv=None):
     orig_model.to_empty(device=device)
     orig_model.init_weights()
     if args.fp8:
-        from nanochat.fp8 import convert_to_float8, fp8_supported
+        from nanochat.fp8 import amax_histories, convert_to_float8, fp8_supported, load_amax_histories
         if not fp8_supported(device):
             raise SystemExit(f"--fp8: this device ({device}) cannot run fp8 matmuls (needs an H100-class GPU)")
         convert_to_float8(orig_model)     # same parameters and checkpoint keys; only the training matmuls change
@@ -189,6 +189,10 @@ def main(argv=None):
             for opt, sd in zip(optimizers, optim_data["optimizers"]):
                 opt.load_state_dict(sd)
             loader_state, loop_state, start_step = optim_data["loader"], meta.get("loop_state", {}), step
+            if args.fp8 and "fp8_amax" in optim_data:    # same scales on the first micro-step as without the crash
+                load_amax_histories(orig_model, optim_data["fp8_amax"])
+            elif args.fp8:
+                print0("WARNING: the checkpoint has no fp8 amax histories; the first micro-step measures them")
             if meta.get("num_iterations") not in (None, num_iterations):
                 print0(f"WARNING: checkpoint planned {meta['num_iterations']} steps, now {num_iterations}")
             print0(f"resumed from step {step} of {checkpoint_dir}")
@@ -244,8 +248,10 @@ def main(argv=None):
                 "derived": derived, "num_iterations": num_iterations, "device_batch_size": B, "max_seq_len": T,
                 "model_tag": model_tag, "phase": "base", "loop_state": loop_state,
                 "dataloader_state_dict": position_of(x_state) if x_state else None}
-        save_checkpoint(checkpoint_dir, step, orig_model.state_dict(),
-                        {"optimizers": [o.state_dict() for o in optimizers], "loader": x_state}, meta, rank=rank)
+        optim_data = {"optimizers": [o.state_dict() for o in optimizers], "loader": x_state}
+        if args.fp8:
+            optim_data["fp8_amax"] = amax_histories(orig_model)
+        save_checkpoint(checkpoint_dir, step, orig_model.state_dict(), optim_data, meta, rank=rank)
 
     # ---- the loop: step k evaluates/saves the model after k updates, then makes update k+1
     ema_beta = 0.9

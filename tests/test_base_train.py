@@ -56,15 +56,18 @@ def _final(d):
     return torch.load(os.path.join(d, "model_000008.pt"), weights_only=True)
 
 
-def test_sigkill_and_resume_is_bitwise(train_env, base_dir):
+@pytest.mark.parametrize("extra", [(), ("--fp8",)], ids=["fp32", "fp8"])
+def test_sigkill_and_resume_is_bitwise(train_env, base_dir, extra):
+    if extra and not fp8_supported("cpu"):
+        pytest.skip("this PyTorch build has no CPU torch._scaled_mm")
     ckpt = base_dir / "base_checkpoints"
-    out = _run(train_env, "--model-tag", "ref")
+    out = _run(train_env, "--model-tag", "ref", *extra)
     assert "grad_accum_steps" in out and "val bpb" in out
     ref_losses, ref_model = _losses(ckpt / "ref" / "log.jsonl"), _final(ckpt / "ref")
     assert len(ref_losses) == 8 and ref_losses[8] < ref_losses[1]
 
     kill_at = random.Random().randint(3, 7)                  # any step after the first checkpoint (step 2)
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.base_train", *ARGS, "--model-tag", "crash"],
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.base_train", *ARGS, "--model-tag", "crash", *extra],
                             cwd=REPO_ROOT, env=train_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     for line in proc.stdout:
@@ -74,7 +77,7 @@ def test_sigkill_and_resume_is_bitwise(train_env, base_dir):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"run ended before step {kill_at}"
     assert not os.path.exists(ckpt / "crash" / "model_000008.pt")
-    out = _run(train_env, "--model-tag", "crash", "--resume")
+    out = _run(train_env, "--model-tag", "crash", "--resume", *extra)
     assert "resumed from step" in out, out
     assert _losses(ckpt / "crash" / "log.jsonl") == ref_losses, f"killed at {kill_at}"
     crash_model = _final(ckpt / "crash")

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanochat.fp8 import (E4M3, E5M2, Float8Head, Float8Linear, Float8MLP, convert_to_float8, fp8_supported,
-                          relu2_fp8, relu2_grad_fp8, to_fp8)
+from nanochat.fp8 import (E4M3, E5M2, Float8Head, Float8Linear, Float8MLP, amax_histories, convert_to_float8,
+                          fp8_supported, load_amax_histories, relu2_fp8, relu2_grad_fp8, to_fp8)
 from nanochat.gpt import GPT, MLP, GPTConfig, config_for_depth
 
 needs_fp8 = pytest.mark.skipif(not fp8_supported("cpu"), reason="this PyTorch build has no CPU torch._scaled_mm")
@@ -122,7 +122,7 @@ def test_converted_gpt_keeps_its_parameters_and_trains_like_the_fp32_one():
             d = config.n_embd
             assert bounds == {"c_q": d ** 0.5, "c_k": d ** 0.5, "c_v": d ** 0.5, "c_fc": d ** 0.5,
                               "c_proj": None}
-            # the MLPs train through the fused path; their amax history is state outside the checkpoint
+            # the MLPs train through the fused path; their amax history is outside the state_dict (base_train saves it)
             assert all(type(b.mlp) is Float8MLP and b.mlp.amax.tolist() == [0, 0] for b in m.transformer.h)
         models.append(m)
     x = torch.randint(0, 256, (4, 32))
@@ -260,6 +260,21 @@ def test_the_fp8_mlp_under_torch_compile_updates_its_history_and_matches_eager()
         grads.append([p.grad for p in mlp.parameters()])
     for eager, compiled in zip(*grads):
         assert ((eager - compiled).norm() / eager.norm()).item() < 1e-2
+
+
+def test_amax_histories_round_trip_for_a_resumed_run():
+    config = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32)
+    a, b = GPT(config), GPT(config)
+    convert_to_float8(a)
+    convert_to_float8(b)
+    for i, m in enumerate(m for m in a.modules() if isinstance(m, Float8MLP)):
+        m.amax.copy_(torch.tensor([1.5 + i, 2.0 ** -20]))            # any float32 comes back bit for bit
+    saved = amax_histories(a)
+    assert sorted(saved) == ["transformer.h.0.mlp", "transformer.h.1.mlp"]
+    load_amax_histories(b, saved)
+    assert all(torch.equal(x.amax, y.amax) for x, y in zip(a.modules(), b.modules()) if isinstance(x, Float8MLP))
+    with pytest.raises(ValueError, match="for 1 MLPs, this model has 2"):
+        load_amax_histories(b, {"transformer.h.0.mlp": saved["transformer.h.0.mlp"]})
 
 
 # The fp8 Triton kernels against their PyTorch paths, on the same inputs (device set by the caller)
