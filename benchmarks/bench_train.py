@@ -6,8 +6,9 @@ plus the dataloader's own tokens/s on the machine's CPUs.
     python -m benchmarks.bench_train                           # everything (d12, d20, levers, loader) ~7 min H100
     python -m benchmarks.bench_train --only d12 --steps 3      # one configuration
     python -m benchmarks.bench_train --only d20 --fp8          # d20 with fp8 matmuls (H100)
+    python -m benchmarks.bench_train --only d12 --fp8 --profile --no-loader   # + one step's kernels by kind
     python -m benchmarks.bench_train --device cpu --depths 2 --seq-len 128 --device-batch-size 2 \\
-        --total-batch-size 512 --only default --no-loader     # smoke test on a laptop
+        --total-batch-size 512 --only default --no-loader --profile     # smoke test on a laptop
 
 Data: synthetic token ids for the model (the step's cost does not depend on the values) and real parquet text
 for the loader benchmark (NANOCHAT_BASE_DIR / NANOCHAT_PRETRAIN_DATASET, tokenizer from --loader-tokenizer).
@@ -45,8 +46,10 @@ def sdpa_context(backend):
                         "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
 
 
-def bench_step(depth, args, device, compile_model=True, backend="default", compile_ns=True, fp8=False):
-    """Median time of full optimizer steps (grad accumulation included) for one configuration."""
+def bench_step(depth, args, device, compile_model=True, backend="default", compile_ns=True, fp8=False,
+               profile=False):
+    """Median time of full optimizer steps (grad accumulation included) for one configuration; with `profile`,
+    one more step under torch.profiler, its kernel time by kind in rec["profile"] (benchmarks/step_profile.py)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     config = config_for_depth(depth, vocab_size=args.vocab_size, sequence_len=args.seq_len)
@@ -106,6 +109,11 @@ def bench_step(depth, args, device, compile_model=True, backend="default", compi
                 o.step()
             sync()
             opt_times.append(time.time() - t0)
+        prof = None
+        if profile:
+            from benchmarks.step_profile import profile_step
+            model.zero_grad(set_to_none=True)
+            prof = profile_step(step, device)
     dt = statistics.median(times)
     fpt = model.estimate_flops()
     peak = peak_flops(device)
@@ -118,6 +126,8 @@ def bench_step(depth, args, device, compile_model=True, backend="default", compi
            "opt_step_ms": round(1000 * statistics.median(opt_times), 2),
            "first_step_s": round(t_compile, 1),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+    if prof:
+        rec["profile"] = prof
     model = cmodel = opts = x = y = None   # release the GPU memory before emptying the cache (step() holds cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -164,6 +174,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list of: default, levers, d12, d20 (empty = all)")
     ap.add_argument("--fp8", action="store_true", help="the headline rows with fp8 block matmuls (nanochat.fp8)")
+    ap.add_argument("--profile", action="store_true",
+                    help="the headline rows also profile one step: GPU kernel time by kind, idle time, top kernels")
     ap.add_argument("--loader", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--loader-threads", default="16,4")
     ap.add_argument("--loader-seconds", type=float, default=15)
@@ -177,7 +189,7 @@ def main():
     log(args.out, info)
     only = set(filter(None, args.only.split(",")))
     depths = [int(d) for d in args.depths.split(",")]
-    headline = [dict(depth=d, fp8=args.fp8) for d in depths
+    headline = [dict(depth=d, fp8=args.fp8, profile=args.profile) for d in depths
                 if not only or "default" in only or f"d{d}" in only]
     levers = []
     if not only or "levers" in only:
@@ -186,9 +198,16 @@ def main():
                   dict(depth=d, compile_model=False), dict(depth=d, fp8=not args.fp8)]
     def run_step(kw):
         try:
-            log(args.out, bench_step(args=args, device=device, **kw))
+            rec = bench_step(args=args, device=device, **kw)
         except Exception as e:   # keep measuring the rest
             log(args.out, {"what": "train_step", **kw, "error": repr(e)[:800]})
+            return
+        prof = rec.pop("profile", None)
+        log(args.out, rec)
+        if prof:
+            from benchmarks.step_profile import markdown
+            log(args.out, {**prof, "depth": rec["depth"], "fp8": rec["fp8"]})
+            print(markdown(prof), flush=True)
 
     for kw in headline:                  # the headline numbers first, then the loader, then the levers
         run_step(kw)

@@ -44,9 +44,29 @@ def test_smoke_command_runs(script):
     assert run(smoke_command(script)).strip()
 
 
-def test_bench_train_smoke_measures_a_step():
-    steps = [r for r in json_lines(run(smoke_command("bench_train.py"))) if r["what"] == "train_step"]
+def test_bench_train_smoke_measures_a_step_and_profiles_it():
+    recs = json_lines(run(smoke_command("bench_train.py")))
+    steps = [r for r in recs if r["what"] == "train_step"]
     assert steps and all("error" not in r and r["tok_per_s"] > 0 for r in steps), steps
+    prof = [r for r in recs if r["what"] == "profile"]
+    assert len(prof) == len(steps) and prof[0]["by_kind_ms"]["matmul"] > 0, prof
+
+
+@pytest.mark.parametrize("name, kind", [
+    # kernel names as an H100 profile of the training step shows them
+    ("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT", "matmul"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float>", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_3_64x128x128_4x1x1_kernel0_0", "attention"),
+    ("triton_red_fused__scaled_dot_product_cudnn_attention_backward_add_mul_3", "inductor"),
+    ("triton_poi_fused__to_copy_add_mul_rms_norm_0", "inductor"),
+    ("_softcap_ce_fp8_kernel", "ours (Triton)"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "aten elementwise"),
+    ("Memset (Device)", "copies"),
+])
+def test_profile_kinds(name, kind):
+    from benchmarks.step_profile import _our_kernels, kind_of
+    assert kind_of(name, _our_kernels()) == kind
 
 
 def test_bench_kernels_smoke_times_every_kernel_against_its_peer():
