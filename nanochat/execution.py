@@ -10,8 +10,12 @@ Design choices:
 - as root, the child drops to `nobody` before running the snippet (so it cannot touch root's files, and
   RLIMIT_NPROC applies); where the kernel allows it, it also enters a new user+network namespace: no network
   at all, not even loopback
+- where the kernel has Landlock (Linux >= 5.13), the child restricts itself: the kernel refuses to create, write,
+  truncate, rename or delete anything outside its work dir, however the request is made, and (newer kernels) to
+  bind or connect TCP sockets or signal processes outside the sandbox
 - then, inside the child, destructive functions are replaced by stubs (os.system, os.fork, os.kill, os.remove,
-  shutil.rmtree, subprocess.Popen, socket.socket, ...) and ctypes is made unimportable
+  shutil.rmtree, subprocess.Popen, socket.socket, ...), file writes outside the work dir are refused (os, posix,
+  io, _io, FileIO) and ctypes is made unimportable
 
 This is defence in depth for grading benchmarks, not a security boundary against a determined attacker;
 for that, run the whole evaluation in a container or VM.
@@ -79,6 +83,42 @@ try:                                        # a private network namespace: no in
     net_isolated = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
 except Exception:
     net_isolated = False
+def _landlock(workdir):
+    # Linux >= 5.13: the kernel itself refuses to create, write, truncate, rename or delete anything outside the
+    # work dir (whatever Python function asks), and from ABI 4 on to bind or connect TCP sockets, from ABI 6 on
+    # to signal processes outside the sandbox. Unprivileged; a no-op where the kernel lacks it (-1 below).
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    CREATE_RULESET, ADD_RULE, RESTRICT_SELF = 444, 445, 446      # the syscall numbers on x86-64 and arm64
+    import platform
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return 0
+    abi = libc.syscall(CREATE_RULESET, None, 0, 1)                # flag 1: ask for the ABI version
+    if abi < 1:
+        return 0
+    fs = sum(1 << b for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))    # write file, remove dir/file, make anything
+    fs |= (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)   # refer (cross-dir rename), truncate
+    net = 0b11 if abi >= 4 else 0                                  # bind, connect TCP: no rule allows any
+    scoped = 0b11 if abi >= 6 else 0                               # abstract unix sockets, signals
+    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    fd = libc.syscall(CREATE_RULESET, ctypes.byref(attr), size, 0)
+    if fd < 0:
+        return 0
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+    dir_fd = os.open(workdir, os.O_PATH | os.O_CLOEXEC)
+    rule = PathBeneath(fs, dir_fd)
+    ok = libc.syscall(ADD_RULE, fd, 1, ctypes.byref(rule), 0) == 0      # 1: a rule for a directory tree
+    ok = ok and libc.prctl(38, 1, 0, 0, 0) == 0                         # PR_SET_NO_NEW_PRIVS, required
+    ok = ok and libc.syscall(RESTRICT_SELF, fd, 0) == 0
+    os.close(dir_fd); os.close(fd)
+    return abi if ok else 0
+try:
+    landlock_abi = _landlock(cfg["workdir"])
+except Exception:
+    landlock_abi = 0
 mem = cfg["max_memory"]
 if mem:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -123,7 +163,9 @@ def _guard():
     workdir, own_proc = os.path.realpath(cfg["workdir"]), f"/proc/{os.getpid()}/"
     real_open, real_os_open = io.open, os.open
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    def check(file, writing):
+    def check(file, writing, dir_fd=None):
+        if dir_fd is not None and writing:   # a path relative to an open directory would dodge the test below
+            raise PermissionError("writing relative to a directory fd is disabled in the nanochat sandbox")
         if isinstance(file, int):
             return
         path = os.path.realpath(os.fsdecode(file))
@@ -135,28 +177,40 @@ def _guard():
         check(file, any(c in mode for c in "wax+"))
         return real_open(file, mode, *args, **kwargs)
     def safe_os_open(path, flags, *args, **kwargs):
-        check(path, bool(flags & write_flags))
+        check(path, bool(flags & write_flags), kwargs.get("dir_fd"))
         return real_os_open(path, flags, *args, **kwargs)
     builtins.open = io.open = safe_open
     os.open = safe_os_open
     def inside_only(fn, name):              # deleting/renaming is fine inside the work dir (tempfile needs it)
         def wrapper(*paths, **kwargs):
+            for key in ("dir_fd", "src_dir_fd", "dst_dir_fd"):
+                check("", True, kwargs.get(key))
             for p in paths[:2]:
                 if not isinstance(p, int):
                     check(p, True)
             return fn(*paths, **kwargs)
         wrapper.__name__ = name
         return wrapper
-    for name in ("remove", "unlink", "rmdir", "rename", "replace"):
-        setattr(os, name, inside_only(getattr(os, name), name))
+    for name in ("remove", "unlink", "rmdir", "rename", "replace", "mkdir"):
+        for mod in (os, posix):             # os re-exports posix's functions: guard both names
+            setattr(mod, name, inside_only(getattr(mod, name), name))
     shutil.rmtree = inside_only(shutil.rmtree, "rmtree")
+    posix.open = safe_os_open
+    import _io
+    _io.open = safe_open
+    class SafeFileIO(_io.FileIO):           # io.FileIO opens files without going through open()
+        def __init__(self, file, mode="r", *args, **kwargs):
+            check(file, any(c in mode for c in "wax+"))
+            super().__init__(file, mode, *args, **kwargs)
+    io.FileIO = _io.FileIO = SafeFileIO
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # writing past the output cap ends the child
     for mod in ("ctypes", "_ctypes", "resource", "_posixsubprocess", "multiprocessing", "pty"):
         sys.modules[mod] = None             # `import ctypes` now raises ImportError
 
 with open(cfg["program"], encoding="utf-8") as f:
     source = f.read()
-_guard()
+if cfg["python_guards"]:
+    _guard()
 try:
     code = compile(source, "<program>", "exec")
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
@@ -194,8 +248,9 @@ def _last_error_line(stderr):
 
 
 def execute_code(code: str, timeout: float = 5.0, maximum_memory_bytes: int | None = 256 * 1024 * 1024,
-                 max_output_bytes: int = 1 << 20, max_procs: int = 64) -> ExecutionResult:
-    """Run `code` in a sandboxed child python; returns an ExecutionResult. Never raises for bad code."""
+                 max_output_bytes: int = 1 << 20, max_procs: int = 64, _python_guards: bool = True) -> ExecutionResult:
+    """Run `code` in a sandboxed child python; returns an ExecutionResult. Never raises for bad code.
+    (`_python_guards=False` leaves out the in-process stubs, so tests can check the kernel's layers alone.)"""
     root = tempfile.mkdtemp(prefix="nanochat-exec-")
     workdir = os.path.join(root, "work")
     os.makedirs(workdir)
@@ -208,7 +263,8 @@ def execute_code(code: str, timeout: float = 5.0, maximum_memory_bytes: int | No
         os.chmod(workdir, 0o777)
     out_path, err_path = os.path.join(root, "stdout"), os.path.join(root, "stderr")
     cfg = {"workdir": workdir, "program": program, "max_memory": maximum_memory_bytes,
-           "max_cpu": max(1, int(timeout) + 1), "max_output": max_output_bytes, "max_procs": max_procs}
+           "max_cpu": max(1, int(timeout) + 1), "max_output": max_output_bytes, "max_procs": max_procs,
+           "python_guards": _python_guards}
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -1,8 +1,12 @@
 """The sandbox against hostile snippets: nothing escapes, the parent never hangs, every result is reported."""
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+
+import pytest
 
 from nanochat.execution import ExecutionResult, execute_code
 
@@ -71,6 +75,65 @@ def test_rmtree_outside_tempdir_is_refused(tmp_path):
     r = run(f"open({str(victim / 'precious.txt')!r}, 'w').write('gone')")
     assert not r.success
     assert (victim / "precious.txt").read_text() == "keep me"
+
+
+@pytest.fixture
+def open_victim():
+    """A folder and file anyone may write (so file permissions alone stop nothing, even for `nobody`)."""
+    d = tempfile.mkdtemp(prefix="nanochat-victim-", dir="/tmp")
+    os.chmod(d, 0o777)
+    precious = os.path.join(d, "precious.txt")
+    with open(precious, "w") as f:
+        f.write("keep me")
+    os.chmod(precious, 0o666)
+    yield d, precious
+    shutil.rmtree(d, ignore_errors=True)
+
+
+ESCAPES = [  # each would change the victim folder without going through open()/os.remove
+    "import posix\nposix.unlink({f!r})",
+    "import posix, os\nposix.rename({f!r}, {f!r} + '.moved')",
+    "import io\nio.FileIO({f!r}, 'w').write(b'gone')",
+    "import _io\n_io.FileIO({f!r}, 'w').write(b'gone')",
+    "import _io\n_io.open({f!r}, 'w').write('gone')",
+    "import posix, os\nfd = posix.open({d!r} + '/new.txt', os.O_CREAT | os.O_WRONLY)\nposix.write(fd, b'x')",
+    "import os\nos.mkdir({d!r} + '/newdir')",
+    "import os\nfd = os.open({d!r}, os.O_RDONLY)\nos.unlink('precious.txt', dir_fd=fd)",
+    "import os\nfd = os.open({d!r}, os.O_RDONLY)\nos.close(os.open('new.txt', os.O_CREAT | os.O_WRONLY, dir_fd=fd))",
+    "import pathlib\npathlib.Path({f!r}).write_text('gone')",
+]
+
+
+NAMES = ["posix.unlink", "posix.rename", "io.FileIO", "_io.FileIO", "_io.open", "posix.open", "os.mkdir",
+         "unlink-dir_fd", "open-dir_fd", "pathlib"]
+
+
+@pytest.mark.parametrize("code", ESCAPES, ids=NAMES)
+def test_no_way_around_the_file_guards(code, open_victim):
+    d, f = open_victim
+    r = run(code.format(d=d, f=f))
+    assert not r.success, r
+    assert os.listdir(d) == ["precious.txt"] and open(f).read() == "keep me"
+
+
+def _landlock_abi():
+    import ctypes
+    import platform
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return 0
+    return max(0, ctypes.CDLL(None, use_errno=True).syscall(444, None, 0, 1))
+
+
+@pytest.mark.skipif(_landlock_abi() < 1, reason="this kernel has no Landlock (Linux >= 5.13 with it enabled)")
+@pytest.mark.parametrize("code", ESCAPES[:3] + ESCAPES[5:], ids=NAMES[:3] + NAMES[5:])
+def test_the_kernel_refuses_writes_outside_even_without_the_python_guards(code, open_victim):
+    d, f = open_victim
+    r = run(code.format(d=d, f=f), _python_guards=False)
+    assert not r.success and "Permission denied" in r.error, r
+    assert os.listdir(d) == ["precious.txt"] and open(f).read() == "keep me"
+    r = run("import os\nos.mkdir('sub')\nopen('sub/a', 'w').write('x')\nos.rename('sub/a', 'b')\nos.remove('b')",
+            _python_guards=False)
+    assert r.success, r                                    # the work dir itself stays writable
 
 
 def test_work_dir_is_usable_and_fresh():
