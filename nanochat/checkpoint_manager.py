@@ -6,7 +6,8 @@ Design choices:
   (every rank: DistMuon shards its momentum, and each rank has its own loader position), `meta_{step:06d}.json`
 - every file is written to a temp name in the same folder, fsync'ed, then renamed: a crash leaves the old
   checkpoint or the whole new one, never half a file. The meta file is written last (after a barrier under DDP)
-  and records each file's size and sha256, so a step counts only once everything it needs is on disk
+  and records each file's size and sha256 (each rank hashes its own optimizer file), so a step counts only once
+  everything it needs is on disk
 - on load, a truncated or corrupt file raises CheckpointError that names the file; `load_model` without an
   explicit step then falls back to the previous complete checkpoint, with a warning
 - `load_model` with no tag picks the largest model (d26 over d20), and with no step the last one
@@ -66,16 +67,21 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
     model_path, optim_path, meta_path = _paths(checkpoint_dir, step, rank)
     if rank == 0:
         _atomic_write(model_path, lambda f: torch.save(model_data, f))
+    mine = {}
     if optimizer_data is not None:
         _atomic_write(optim_path, lambda f: torch.save(optimizer_data, f))
+        # each rank hashes its own file (in parallel); a same-size corruption is caught on resume like the model's
+        mine = {os.path.basename(optim_path): {"bytes": os.path.getsize(optim_path), "sha256": _sha256(optim_path)}}
     ddp = dist.is_available() and dist.is_initialized()
-    if ddp:
-        dist.barrier()   # every rank's optimizer file is on disk before the meta says the step is complete
+    everyone = [mine]
+    if ddp:   # (the gather also means every rank's optimizer file is on disk before the meta says it is complete)
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
     if rank == 0:
         files = {os.path.basename(model_path): {"bytes": os.path.getsize(model_path),
                                                 "sha256": _sha256(model_path)}}
-        for p in sorted(glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt"))):
-            files[os.path.basename(p)] = {"bytes": os.path.getsize(p)}
+        for entry in everyone:
+            files.update(entry)
         meta = {**meta_data, "step": step, "files": files}
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
     if ddp:
