@@ -4,6 +4,8 @@ Python reference, on the offline prose fixture (../shared/data; 16M chars of tra
 
     python -m benchmarks.bench_tokenizer                       # the full run (~1-2 min on 2 cores)
     python -m benchmarks.bench_tokenizer --max-chars 2000000 --vocab-sizes 4096 --py-max-chars 100000
+    python -m benchmarks.bench_tokenizer --max-chars 500000 --vocab-sizes 1024 --py-max-chars 20000 \
+        --py-vocab-size 300 --encode-chars 200000 --repeats 1     # smoke (~2 s)
 
 Training: rustbpe (`rustbpe.Tokenizer.train_from_iterator`) vs HF `tokenizers` (BpeTrainer, same split regex,
 byte-level alphabet, no specials) at each vocab size; the Python reference (`nanochat.bpe`, full recount per
@@ -11,9 +13,11 @@ merge) only on a slice (`--py-max-chars`, `--py-vocab-size`) because it is ~1000
 timed on the same slice. Every timing prints wall seconds and process CPU seconds (all threads): on a busy
 shared machine the CPU seconds are the steadier number. Encoding: MB/s of UTF-8 input for single calls
 (one text at a time) and batch calls (all texts at once, parallel) with ranks trained by rustbpe.
+Each section prints a markdown table for benchmarks/RESULTS.md and one JSON line per measurement (tests read them).
 """
 import argparse
 import glob
+import json
 import os
 import platform
 import resource
@@ -21,6 +25,11 @@ import time
 
 PROSE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hf-mirror", "datasets",
                      "nanochat-fixtures", "prose-mix", "resolve", "main")
+
+
+def record(what, **fields):
+    """One JSON line per measurement, so tests and scripts need not parse the tables."""
+    print(json.dumps({"what": what, **fields}), flush=True)
 
 
 def cpu_seconds() -> float:
@@ -97,14 +106,18 @@ def print_table(head, rows):
 
 def bench_training(texts, vocab_sizes, pattern, repeats):
     n_chars = sum(map(len, texts))
-    rows, ratios = [], []
+    rows, ratios, recs = [], [], []
     for v in vocab_sizes:
         tr, wr, cr = timed(lambda: train_rust(texts, v, pattern), repeats)
         th, wh, ch = timed(lambda: train_hf(texts, v, pattern), repeats)
         rows.append([f"{n_chars / 1e6:.1f}M", v, f"{wr:.2f} ({cr:.2f})", f"{wh:.2f} ({ch:.2f})",
                      f"{wh / wr:.1f}x ({ch / cr:.1f}x)"])
         ratios.append((v, wh / wr, ch / cr))
+        recs.append(dict(chars=n_chars, vocab=v, rustbpe_s=wr, rustbpe_cpu_s=cr, hf_s=wh, hf_cpu_s=ch,
+                         hf_over_rustbpe_wall=wh / wr, hf_over_rustbpe_cpu=ch / cr))
     print_table(["chars", "vocab", "rustbpe s (cpu)", "HF tokenizers s (cpu)", "HF / rustbpe wall (cpu)"], rows)
+    for r in recs:
+        record("train", **r)
     return ratios
 
 
@@ -117,6 +130,8 @@ def bench_python(texts, vocab_size, pattern):
     assert isinstance(ref, BPE)
     print_table(["chars", "vocab", "rustbpe s", "python s", "python / rustbpe", "identical merges"],
                 [[f"{n_chars / 1e6:.2f}M", vocab_size, f"{wr:.3f}", f"{wp:.1f}", f"{wp / wr:.0f}x", same]])
+    record("train_python", chars=n_chars, vocab=vocab_size, rustbpe_s=wr, python_s=wp, python_over_rustbpe=wp / wr,
+           identical_merges=same)
     return wp / wr, same
 
 
@@ -153,6 +168,8 @@ def bench_encode(texts, vocab_size, pattern, repeats):
         rows.append([name, f"{mb / ws:.1f}", f"{mb / wb:.1f}"])
     assert rust.batch_encode(texts[:50]) == enc.encode_ordinary_batch(texts[:50]), "rustbpe != tiktoken ids"
     print_table([f"encoder ({mb:.1f} MB, vocab {vocab_size})", "single MB/s", f"batch MB/s ({threads} threads)"], rows)
+    for name, (single, batch) in speeds.items():
+        record("encode", encoder=name, mb=mb, vocab=vocab_size, single_mb_s=single, batch_mb_s=batch)
     return speeds
 
 

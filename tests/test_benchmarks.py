@@ -2,6 +2,7 @@
 not rot between GPU sessions. The commands are read from the scripts' own docstrings (the line marked `smoke`),
 so the documentation is what gets tested."""
 import ast
+import glob
 import json
 import os
 import re
@@ -78,3 +79,21 @@ def test_bench_kernels_smoke_times_every_kernel_against_its_peer():
         assert r["codes_differ"] == 0, r            # on a CPU "ours" is the PyTorch path itself
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert len(table) == 6 and table[0].startswith("| kernel |")   # the markdown table: header, rule, a row each
+
+
+def test_bench_tokenizer_smoke_trains_and_encodes_with_every_library():
+    from benchmarks.bench_tokenizer import PROSE
+    # reads the prose fixture straight from disk (no hub download, tiktoken is built from our own ranks)
+    if not glob.glob(os.path.join(PROSE, "shard_*.parquet")):
+        pytest.skip(f"needs the prose fixture of ../shared/data under {os.path.abspath(PROSE)}")
+    for mod in ("rustbpe", "tokenizers", "tiktoken"):
+        pytest.importorskip(mod, reason=f"bench_tokenizer compares against {mod}")
+    recs = json_lines(run(smoke_command("bench_tokenizer.py")))
+    assert all("error" not in r for r in recs), recs
+    train = [r for r in recs if r["what"] == "train"]
+    assert train and all(r["hf_over_rustbpe_wall"] > 0 and r["hf_over_rustbpe_cpu"] > 0 for r in train), train
+    (py,) = [r for r in recs if r["what"] == "train_python"]
+    assert py["python_over_rustbpe"] > 0 and py["identical_merges"] is True, py
+    enc = {r["encoder"]: r for r in recs if r["what"] == "encode"}
+    assert set(enc) == {"rustbpe", "tiktoken", "HF tokenizers"}
+    assert all(r["single_mb_s"] > 0 and r["batch_mb_s"] > 0 for r in enc.values()), enc

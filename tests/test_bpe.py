@@ -168,7 +168,7 @@ def test_matches_cl100k_on_random_unicode(s):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list(" \t\\u00a0'sSlLvVeEdx09٣½.,!?😀한\u0301\u2028ſ")), max_size=40))
+@given(st.text(alphabet=st.sampled_from(list(" \t\u00a0'sSlLvVeEdx09٣½.,!?😀한\u0301\u2028ſ")), max_size=40))
 def test_default_pattern_splits_like_tiktoken_cl100k(s):
     # tiktoken ships a rewritten (possessive) form of the GPT-4 pattern; it agrees with the original except
     # where a line break is followed by other whitespace (pinned above), so line breaks are left out here

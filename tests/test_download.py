@@ -31,8 +31,12 @@ def test_download_from_mirror_then_cache_hit(hub_mirror, base_dir, monkeypatch):
 
 @pytest.mark.skipif(not HAVE_SHARED, reason=SKIP_NO_SHARED)
 def test_404_fails_fast_with_clear_error(hub_mirror, base_dir):
+    t0 = time.monotonic()
     with pytest.raises(download.DownloadError, match="404.*HF_ENDPOINT"):
         download.download_hub_file("openai/gsm8k", "no/such/file.parquet", retries=3, backoff=5)
+    # ~0.02 s on loopback; one retry would first sleep backoff=5 s (all three: 5 + 10 s), so 2.5 s leaves a
+    # wide margin for a busy machine and still catches a downloader that retries a 404
+    assert time.monotonic() - t0 < 2.5
     assert not any(base_dir.rglob("*.parquet*"))
 
 

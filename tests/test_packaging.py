@@ -1,4 +1,5 @@
 """pyproject.toml, environment.yml and the setup script must agree, or readers get different environments."""
+import glob
 import os
 import re
 try:
@@ -47,3 +48,24 @@ def test_no_exact_pins_of_numeric_stack():
     for d in deps:
         if re.match(r"(numpy|scipy|torch)\b", d):
             assert "==" not in d, d
+
+
+def _version(s):
+    return tuple(int(x) for x in s.split("."))
+
+
+def test_environment_yml_rust_matches_rustbpe_rust_version_and_locked_deps():
+    _, env = _load()
+    rust = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("rust"))
+    with open(os.path.join(REPO_ROOT, "rustbpe", "Cargo.toml"), "rb") as f:
+        msrv = tomllib.load(f)["package"]["rust-version"]
+    assert rust.replace(" ", "") == f"rust>={msrv}"
+    # A lock bump can raise the minimum: where cargo has the locked sources, none may need a newer Rust.
+    # (Only crates every target builds: the lock also holds wasm-only ones like wasip2.)
+    with open(os.path.join(REPO_ROOT, "rustbpe", "Cargo.lock"), "rb") as f:
+        locked = {p["name"]: p["version"] for p in tomllib.load(f)["package"]}
+    for name in ("pyo3", "pyo3-ffi", "pyo3-macros", "rayon", "rayon-core"):
+        for manifest in glob.glob(os.path.expanduser(f"~/.cargo/registry/src/*/{name}-{locked[name]}/Cargo.toml")):
+            with open(manifest, "rb") as f:
+                need = tomllib.load(f)["package"].get("rust-version", "0")
+            assert _version(need) <= _version(msrv), f"{name} {locked[name]} needs Rust {need} > {msrv}"
