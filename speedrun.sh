@@ -3,14 +3,16 @@
 #   setup -> data -> tokenizer (train, eval) -> base model (train, loss, CORE) -> midtraining (+ chat eval)
 #   -> SFT (+ chat eval) -> RL on GSM8K (+ eval) -> report.md
 #
-#   bash speedrun.sh                      # tier picked by the hardware: 8 GPUs -> d20, no GPU -> cpu
-#   TIER=d26 bash speedrun.sh             # or choose: smoke | cpu | d20 | d26 | d32
+#   bash speedrun.sh                      # tier picked by the hardware: 8+ GPUs -> d20, 1-7 GPUs -> d12, none -> cpu
+#   TIER=d26 bash speedrun.sh             # or choose: smoke | cpu | d12 | d20 | d26 | d32
+#   DRY_RUN=1 bash speedrun.sh            # print the tier and its sizes, run nothing
 #   OFFLINE_MIRROR=../shared/data/hf-mirror TIER=cpu bash speedrun.sh   # no internet: serve a hub mirror
 #                                         (found by itself in ../shared/data when the hub is unreachable)
 #
 # Tiers (time and cost as measured or as the series reports them; see chapter 10):
 #   smoke  every stage for a few steps, depth 2            3.6 CPU-min; 15 min wall on a shared 2-core box (load 17)
 #   cpu    depth 4, a real (small) run end to end          9 min 27 s on 2 CPU cores, venv in place (README)
+#   d12    186M params, 20 tokens/param (3.7B tokens)      pretraining ~2.3 h on one H100 (456k tok/s; FP8=1 519k: 2 h)
 #   d20    561M params, 20 tokens/param (the "$100" run)   ~4 h on 8xH100 (~$24/h)
 #   d26    ~1.1B params, beats GPT-2 on CORE               ~12 h on 8xH100 (~$300)
 #   d32    ~1.9B params                                    more than a day on 8xH100
@@ -28,9 +30,13 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   NGPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l || echo 0)
 fi
 if [ -z "${TIER:-}" ]; then
-  if [ "$NGPU" -ge 1 ]; then TIER=d20; else TIER=cpu; fi
+  # d20 is the series' 8-GPU run (~4 h); on fewer GPUs it takes 8/N times as long, so they get d12 unless asked
+  if [ "$NGPU" -ge 8 ]; then TIER=d20
+  elif [ "$NGPU" -ge 1 ]; then TIER=d12
+    echo "speedrun: $NGPU GPU(s): tier d12 (TIER=d20 runs the series' model: ~$(( 32 / NGPU )) h here, 8/$NGPU x its 4 h)"
+  else TIER=cpu; fi
 fi
-case "$TIER" in smoke|cpu|d20|d26|d32) ;; *) echo "speedrun: unknown TIER=$TIER (smoke|cpu|d20|d26|d32)" >&2; exit 2;; esac
+case "$TIER" in smoke|cpu|d12|d20|d26|d32) ;; *) echo "speedrun: unknown TIER=$TIER (smoke|cpu|d12|d20|d26|d32)" >&2; exit 2;; esac
 NPROC=${NPROC:-$([ "$NGPU" -ge 1 ] && echo "$NGPU" || echo 1)}
 WANDB_RUN=${WANDB_RUN:-dummy}
 if [ "$TIER" = smoke ] || [ "$TIER" = cpu ]; then
@@ -54,7 +60,9 @@ echo "speedrun: tier=$TIER gpus=$NGPU nproc=$NPROC base_dir=$NANOCHAT_BASE_DIR"
 # OFFLINE_MIRROR=<folder laid out like the hub> serves it on loopback; with no route to the hub, a mirror in
 # ../shared/data (this project's offline machines) is used the same way. dev/offline.sh does the serving.
 source dev/offline.sh
-if [ -n "${OFFLINE_MIRROR:-}" ]; then
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  :   # (no network, no servers: only the plan below is printed)
+elif [ -n "${OFFLINE_MIRROR:-}" ]; then
   use_offline_data "$(cd "$OFFLINE_MIRROR" && pwd)"
 elif [ -z "${HF_ENDPOINT:-}" ] && ! hub_reachable; then
   echo "speedrun: https://huggingface.co is not reachable"
@@ -69,6 +77,8 @@ case "$TIER" in
          EVAL_TOK=2048;      CORE_N=4;   CHAT_N=4;   SHARDS=2;   SFT_DBS=4 ;;
   cpu)   TOK_CHARS=10000000;   VOCAB=4096;  DEPTH=4;  SEQ=256;  DBS=16; TBS=4096;   BASE_IT=200; MID_IT=60;  SFT_IT=60;  RL_IT=6;
          EVAL_TOK=16384;     CORE_N=20;  CHAT_N=20;  SHARDS=5;   SFT_DBS=8 ;;
+  d12)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=12; SEQ=2048; DBS=32; TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
+         EVAL_TOK=10485760;  CORE_N=-1;  CHAT_N=-1;  SHARDS=90;  SFT_DBS=4 ;;
   d20)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=20; SEQ=2048; DBS=32; TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
          EVAL_TOK=10485760;  CORE_N=-1;  CHAT_N=-1;  SHARDS=240; SFT_DBS=4 ;;
   d26)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=26; SEQ=2048; DBS=16; TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
@@ -76,6 +86,11 @@ case "$TIER" in
   d32)   TOK_CHARS=2000000000; VOCAB=65536; DEPTH=32; SEQ=2048; DBS=8;  TBS=524288; BASE_IT=-1;  MID_IT=-1;  SFT_IT=-1;  RL_IT=-1;
          EVAL_TOK=10485760;  CORE_N=-1;  CHAT_N=-1;  SHARDS=800; SFT_DBS=2 ;;
 esac
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  echo "speedrun: DRY_RUN tier=$TIER depth=$DEPTH vocab=$VOCAB seq=$SEQ device_batch=$DBS total_batch=$TBS" \
+       "base_iterations=$BASE_IT shards=$SHARDS nproc=$NPROC"
+  exit 0
+fi
 MAX_PROBLEMS=()
 [ "$CHAT_N" -gt 0 ] && MAX_PROBLEMS=(--max-problems "$CHAT_N")
 CORE_ARGS=()

@@ -4,6 +4,7 @@ Scale presets for the book, and the artifacts chapters need.
 Design choices:
 - one environment variable, `NANOCHAT_BOOK_SCALE` = ci | laptop | gpu, picks every size a chapter uses; unset,
   the hardware decides (a CUDA GPU -> gpu, else laptop). CI pins `ci`, the smallest sizes that still teach.
+  The gpu preset's rows per micro-batch shrink on cards under 40 GiB (the total batch stays the same)
 - each scale keeps its artifacts in its own folder, `<base>/book-<scale>`, so a tiny CI model never shadows a
   real one
 - a chapter that needs a tokenizer or a trained model builds it with the real scripts (the same commands the
@@ -60,10 +61,23 @@ def detect_scale() -> str:
     return "gpu" if autodetect_device_type() == "cuda" else "laptop"
 
 
+def device_batch_for_memory(gib: float, full: int = 32) -> int:
+    """Rows per micro-batch for the gpu preset on a card with `gib` GiB: d12 at 32 x 2048 peaks near 34 GiB on an
+    H100 (benchmarks/RESULTS.md), so smaller cards halve it; gradient accumulation keeps the total batch."""
+    rows = full
+    while rows > 1 and gib < 40 * rows / full:
+        rows //= 2
+    return rows
+
+
 SCALE = detect_scale()
 P = PRESETS[SCALE]
 if SCALE == "laptop" and autodetect_device_type() == "mps":
     P = Preset(**{**asdict(P), "device_type": "mps"})
+if SCALE == "gpu" and autodetect_device_type() == "cuda":
+    import torch
+    _gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    P = Preset(**{**asdict(P), "device_batch_size": device_batch_for_memory(_gib, P.device_batch_size)})
 
 
 def setup(seed: int = 42) -> None:

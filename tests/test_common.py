@@ -55,6 +55,11 @@ def test_book_scale_env(monkeypatch):
     assert bad.returncode != 0 and "NANOCHAT_BOOK_SCALE='huge'" in bad.stderr
 
 
+def test_gpu_preset_device_batch_fits_smaller_cards():
+    # 32 rows on 40 GiB and up (d12 peaks near 34 GiB), halved per halving of memory, never below one row
+    assert [book.device_batch_for_memory(g) for g in (80, 40, 39, 24, 16, 12, 6, 0.5)] == [32, 32, 16, 16, 8, 8, 4, 1]
+
+
 def test_book_setup_uses_scale_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
     book.setup()

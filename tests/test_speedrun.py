@@ -33,6 +33,22 @@ def test_gpu_tier_without_gpu_is_refused(tmp_path):
     assert proc.returncode == 2 and "needs CUDA GPUs" in proc.stderr
 
 
+@pytest.mark.parametrize("ngpu, tier", [(0, "cpu"), (1, "d12"), (4, "d12"), (8, "d20")])
+def test_tier_follows_the_gpu_count(tmp_path, ngpu, tier):
+    # a stand-in nvidia-smi that lists `ngpu` cards; DRY_RUN prints the plan and runs nothing
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n" + "echo 'NVIDIA H100 80GB HBM3'\n" * ngpu)
+    fake.chmod(0o755)
+    proc = run({"DRY_RUN": "1", "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
+                "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    plan = proc.stdout.splitlines()[-1]
+    assert plan.startswith(f"speedrun: DRY_RUN tier={tier} ") and f"nproc={max(1, ngpu)}" in plan, proc.stdout
+    assert ("TIER=d20 runs the series' model" in proc.stdout) == (tier == "d12")
+    assert not (tmp_path / "base" / "speedrun_timings.tsv").exists()      # nothing ran
+
+
 @pytest.mark.slow
 def test_smoke_tier_end_to_end(tmp_path):
     if not HAVE_SHARED:
