@@ -109,6 +109,18 @@ def find_resume_step(checkpoint_dir, device, rank):
     return None, None
 
 
+def oom_advice(B, T, total_batch_size, world):
+    """What to do after running out of GPU memory at device batch B: halve it (gradient accumulation keeps the
+    total batch), or, at one row, shrink the model or the sequence."""
+    if B == 1:
+        return (f"CUDA out of memory even at --device-batch-size 1 (seq {T}): use a smaller --depth or "
+                f"--max-seq-len, or --fp8 on an H100 (its saved activations are half the size)")
+    smaller = B // 2
+    return (f"CUDA out of memory at --device-batch-size {B} (seq {T}). Try --device-batch-size {smaller}: "
+            f"gradient accumulation keeps the total batch of {total_batch_size} tokens (it becomes "
+            f"{total_batch_size // (smaller * T * world)} micro-steps).")
+
+
 def main(argv=None):
     args = get_args(argv)
     user_config = vars(args).copy()
@@ -261,32 +273,32 @@ def main(argv=None):
     val_bpb, core = loop_state.get("val_bpb"), None
     t_start = time.time()
     step = start_step
-    while True:
-        last = step == num_iterations
-        if last or (args.eval_every > 0 and step % args.eval_every == 0):
-            val_bpb = evaluate_val()
-            min_val_bpb = min(min_val_bpb, val_bpb)
-            print0(f"step {step:05d} | val bpb: {val_bpb:.6f}")
-            log({"step": step, "val_bpb": val_bpb})
-        if args.core_metric_every > 0 and (last or (step > 0 and step % args.core_metric_every == 0)):
-            from scripts.base_eval import evaluate_model
-            core = evaluate_model(orig_model, tokenizer, device, max_per_task=args.core_metric_max_per_task)
-            print0(f"step {step:05d} | CORE: {core['core_metric']:.4f}")
-            log({"step": step, "core_metric": core["core_metric"]})
-        if master and args.sample_every > 0 and (last or (step > 0 and step % args.sample_every == 0)):
-            sample()
-        loop_state = {"smooth_loss": smooth, "total_training_time": total_time, "min_val_bpb": min_val_bpb,
-                      "val_bpb": val_bpb}
-        if step != start_step or start_step == 0:      # (a resumed run does not re-save its start)
-            if last or (args.save_every > 0 and step > 0 and step % args.save_every == 0):
-                save(step, val_bpb)
-        if last:
-            break
+    try:   # out of GPU memory anywhere in the loop (a micro-step, an evaluation, the optimizer): say what to try
+        while True:
+            last = step == num_iterations
+            if last or (args.eval_every > 0 and step % args.eval_every == 0):
+                val_bpb = evaluate_val()
+                min_val_bpb = min(min_val_bpb, val_bpb)
+                print0(f"step {step:05d} | val bpb: {val_bpb:.6f}")
+                log({"step": step, "val_bpb": val_bpb})
+            if args.core_metric_every > 0 and (last or (step > 0 and step % args.core_metric_every == 0)):
+                from scripts.base_eval import evaluate_model
+                core = evaluate_model(orig_model, tokenizer, device, max_per_task=args.core_metric_max_per_task)
+                print0(f"step {step:05d} | CORE: {core['core_metric']:.4f}")
+                log({"step": step, "core_metric": core["core_metric"]})
+            if master and args.sample_every > 0 and (last or (step > 0 and step % args.sample_every == 0)):
+                sample()
+            loop_state = {"smooth_loss": smooth, "total_training_time": total_time, "min_val_bpb": min_val_bpb,
+                          "val_bpb": val_bpb}
+            if step != start_step or start_step == 0:      # (a resumed run does not re-save its start)
+                if last or (args.save_every > 0 and step > 0 and step % args.save_every == 0):
+                    save(step, val_bpb)
+            if last:
+                break
 
-        # -- one optimizer step: grad_accum_steps micro-batches
-        sync()
-        t0 = time.time()
-        try:
+            # -- one optimizer step: grad_accum_steps micro-batches
+            sync()
+            t0 = time.time()
             for _ in range(grad_accum_steps):
                 with autocast:
                     loss = model(x, y)
@@ -294,47 +306,43 @@ def main(argv=None):
                 (loss / grad_accum_steps).backward()
                 x_state = next_state
                 x, y, next_state = next(train_loader)   # tokenizing threads already prepared it
-        except torch.cuda.OutOfMemoryError:
-            smaller = max(1, B // 2)
-            raise SystemExit(f"CUDA out of memory at --device-batch-size {B} (seq {T}). Try "
-                             f"--device-batch-size {smaller}: gradient accumulation keeps the total batch of "
-                             f"{args.total_batch_size} tokens (it becomes {grad_accum_steps * B // smaller} "
-                             f"micro-steps).") from None
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)
-        lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lrm
-        momentum = muon_momentum(step)
-        for group in optimizers[1].param_groups:
-            group["momentum"] = momentum
-        for opt in optimizers:
-            opt.step()
-        orig_model.zero_grad(set_to_none=True)
-        loss_value = train_loss.item()                  # (the loss of the last micro-batch, as upstream logs)
-        sync()
-        dt = time.time() - t0
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)
+            lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * lrm
+            momentum = muon_momentum(step)
+            for group in optimizers[1].param_groups:
+                group["momentum"] = momentum
+            for opt in optimizers:
+                opt.step()
+            orig_model.zero_grad(set_to_none=True)
+            loss_value = train_loss.item()                  # (the loss of the last micro-batch, as upstream logs)
+            sync()
+            dt = time.time() - t0
 
-        # -- logging
-        step += 1
-        smooth = ema_beta * smooth + (1 - ema_beta) * loss_value
-        debiased = smooth / (1 - ema_beta ** step)
-        if step > 10 or start_step > 0:
-            total_time += dt                            # the first steps include compilation
-        tok_per_sec = int(args.total_batch_size / dt)
-        mfu = 100 * flops_per_token * args.total_batch_size / dt / (peak * world) if peak else None
-        done = step / num_iterations
-        eta = (num_iterations - step) * dt
-        bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
-        mfu_s = f" | mfu: {mfu:.2f}%" if mfu is not None else ""
-        if not math.isfinite(loss_value):
-            raise SystemExit(f"loss became {loss_value} at step {step}; lower the learning rates")
-        if not os.environ.get("NANOCHAT_NO_PROGRESS") or step % max(1, num_iterations // 10) == 0:
-            print0(f"step {step:05d}/{num_iterations:05d} [{bar}] {100 * done:5.1f}% | loss: {debiased:.6f} | "
-                   f"lrm: {lrm:.2f} | dt: {dt * 1000:.1f}ms | tok/sec: {tok_per_sec:,}{mfu_s} | "
-                   f"eta: {eta / 60:.1f}m")
-        log({"step": step, "loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec, "mfu": mfu})
+            # -- logging
+            step += 1
+            smooth = ema_beta * smooth + (1 - ema_beta) * loss_value
+            debiased = smooth / (1 - ema_beta ** step)
+            if step > 10 or start_step > 0:
+                total_time += dt                            # the first steps include compilation
+            tok_per_sec = int(args.total_batch_size / dt)
+            mfu = 100 * flops_per_token * args.total_batch_size / dt / (peak * world) if peak else None
+            done = step / num_iterations
+            eta = (num_iterations - step) * dt
+            bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+            mfu_s = f" | mfu: {mfu:.2f}%" if mfu is not None else ""
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"loss became {loss_value} at step {step}; lower the learning rates")
+            if not os.environ.get("NANOCHAT_NO_PROGRESS") or step % max(1, num_iterations // 10) == 0:
+                print0(f"step {step:05d}/{num_iterations:05d} [{bar}] {100 * done:5.1f}% | loss: {debiased:.6f} | "
+                       f"lrm: {lrm:.2f} | dt: {dt * 1000:.1f}ms | tok/sec: {tok_per_sec:,}{mfu_s} | "
+                       f"eta: {eta / 60:.1f}m")
+            log({"step": step, "loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec, "mfu": mfu})
+    except torch.cuda.OutOfMemoryError:
+        raise SystemExit(oom_advice(B, T, args.total_batch_size, world)) from None
 
     # ---- replicas must agree (DistMuon/DistAdamW keep them in sync; check it once)
     if ddp:

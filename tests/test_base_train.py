@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nanochat.fp8 import fp8_supported
-from scripts.base_train import lr_multiplier, muon_momentum
+from scripts.base_train import lr_multiplier, muon_momentum, oom_advice
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--depth", "2", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "256",
@@ -100,6 +100,27 @@ def test_torchrun_two_gloo_processes(train_env, base_dir):
     assert os.path.exists(base_dir / "base_checkpoints" / "d2" / "optim_000004_rank1.pt")
     losses = _losses(base_dir / "base_checkpoints" / "d2" / "log.jsonl")
     assert len(losses) == 4 and losses[4] < losses[1]
+
+
+@pytest.mark.parametrize("where", ["evaluation", "micro-step"])
+def test_out_of_memory_names_the_next_device_batch(train_env, base_dir, monkeypatch, where):
+    # the real loop, in process, with a model whose forward runs out of memory (in eval first, or when training)
+    import scripts.base_train as bt
+    from nanochat.gpt import GPT
+    for k, v in train_env.items():
+        monkeypatch.setenv(k, v)
+    real = GPT.forward
+
+    def forward(self, *a, **k):
+        if where == "evaluation" or torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, *a, **k)
+    monkeypatch.setattr(GPT, "forward", forward)
+    with pytest.raises(SystemExit) as e:
+        bt.main(ARGS)
+    assert str(e.value) == oom_advice(2, 64, 256, 1)
+    assert "Try --device-batch-size 1" in str(e.value) and "(it becomes 4 micro-steps)" in str(e.value)
+    assert "even at --device-batch-size 1" in oom_advice(1, 2048, 524288, 8)
 
 
 @pytest.mark.skipif(not fp8_supported("cpu"), reason="this PyTorch build has no CPU torch._scaled_mm")
