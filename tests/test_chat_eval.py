@@ -136,3 +136,17 @@ def test_end_to_end_on_tiny_checkpoint(tiny_base_checkpoint):
         assert f"| {name} |" in out.stdout
     report = (tiny_base_checkpoint / "report").glob("*chat-evaluation-base*")
     assert any(report)
+
+
+def test_two_gloo_processes_score_like_one(tiny_base_checkpoint):
+    # problems are split rank::world and the counts all-reduced (greedy decoding): the same table as one process
+    from helpers import run_script, run_torchrun
+    args = ["-i", "base", "-a", "ARC-Easy|GSM8K", "--max-problems", "10", "--max-new-tokens", "8", "--device-type", "cpu"]
+    tables = []
+    for launch in (run_script, run_torchrun):
+        out = launch("scripts.chat_eval", *args, env={"NANOCHAT_BASE_DIR": str(tiny_base_checkpoint)})
+        out = out if isinstance(out, str) else out.stdout
+        tables.append([line for line in out.splitlines() if line.startswith(("| ARC-Easy |", "| GSM8K |", "ChatCORE"))])
+    assert tables[0] == tables[1] and len(tables[0]) == 3, tables
+    arc = float(tables[0][0].split("|")[2])
+    assert 0 < arc < 1, tables[0]                          # a score that losing a rank's problems would change

@@ -143,6 +143,22 @@ def test_base_eval_script_on_tiny_checkpoint(tiny_base_checkpoint):
     assert csvs and "copa" in csvs[0].read_text()
 
 
+def test_base_eval_on_two_gloo_processes_equals_one(tiny_base_checkpoint, tmp_path):
+    # each rank scores every world-th example and the sums are all-reduced: the same table as one process
+    from helpers import run_script, run_torchrun
+    args = ["--max-per-task", "8", "--tasks", "copa,winograd,lambada_openai", "--device-type", "cpu"]
+    csvs = []
+    for launch in (run_script, run_torchrun):
+        out = launch("scripts.base_eval", *args, env={"NANOCHAT_BASE_DIR": str(tiny_base_checkpoint)})
+        out = out if isinstance(out, str) else out.stdout
+        assert f"world {1 if launch is run_script else 2}" in out, out[-2000:]
+        (csv_path,) = (tiny_base_checkpoint / "base_eval").glob("*.csv")
+        csvs.append(csv_path.read_text())
+    assert csvs[0] == csvs[1]
+    accs = [float(row.split(",")[1]) for row in csvs[0].splitlines()[1:] if not row.startswith("CORE,")]
+    assert len(accs) >= 3 and any(0 < a < 1 for a in accs), csvs[0]    # a table that a lost rank would change
+
+
 @pytest.mark.skipif(not HAVE_SHARED, reason=SKIP_NO_SHARED)
 def test_bundle_from_url_and_from_directory(base_dir, monkeypatch, tmp_path):
     """NANOCHAT_EVAL_BUNDLE may be a URL (downloaded once, through nanochat.download) or an unzipped folder."""
