@@ -106,6 +106,50 @@ def test_chat_rl_runs_and_resumes_exactly(tiny_sft_checkpoint, tmp_path):
     assert history2["train"] == history["train"]
 
 
+def test_chat_rl_update_moves_weights_and_resumes_exactly(tiny_sft_checkpoint, tmp_path, monkeypatch):
+    """The test above never updates (GSM8K rewards are all 0 at this scale, so every advantage is 0). Here the
+    reward is the parity of the answer's length, so a group's samples disagree and the real training step of
+    chat_rl.main runs with non-zero advantages: the weights must move, and a resume must still be exact."""
+    import scripts.chat_rl as chat_rl
+    from tasks.gsm8k import GSM8K
+    for f in ("tokenizer", "chatsft_checkpoints"):
+        shutil.copytree(tiny_sft_checkpoint / f, tmp_path / f)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("NANOCHAT_NO_PROGRESS", "1")
+    # main() imports GSM8K when it runs, so patching the class reaches both the train and the test task
+    monkeypatch.setattr(GSM8K, "reward", lambda self, conversation, response: float(len(response) % 2))
+    advantages = []
+
+    def spy(rewards):   # what the training step is handed, to show the signal is really there
+        adv = rl_advantages(rewards)
+        advantages.append(adv)
+        return adv
+    monkeypatch.setattr(chat_rl, "rl_advantages", spy)
+    args = [str(a) for a in RL_ARGS]
+    args[args.index("--eval-every") + 1] = "-1"   # pass@k only at the end: this test is about the update
+    chat_rl.main(args)
+    assert any(a.abs().sum() > 0 for a in advantages), advantages
+
+    sft_dir = tmp_path / "chatsft_checkpoints" / "d2"
+    sft = torch.load(sorted(sft_dir.glob("model_*.pt"))[-1], map_location="cpu")
+    ckpt = tmp_path / "chatrl_checkpoints" / "d2"
+    mid = torch.load(ckpt / "model_000002.pt", map_location="cpu")
+    first = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    assert sft.keys() == first.keys()
+    moved = [k for k in sft if not torch.equal(sft[k], first[k])]
+    assert moved, "three RL steps with non-zero advantages left every weight as the SFT model had it"
+    # the step a resume has to redo is a real update too (its lr multiplier is 1/3, not 0)
+    assert any(not torch.equal(mid[k], first[k]) for k in first)
+
+    # stop after step 2: the step-3 files never got written; resume from the step-2 checkpoint
+    for f in ("model_000003.pt", "meta_000003.json", "optim_000003_rank0.pt"):
+        os.remove(ckpt / f)
+    chat_rl.main(args + ["--resume"])
+    again = torch.load(ckpt / "model_000003.pt", map_location="cpu")
+    for k in first:   # same samples, same rewards, same optimizer state (Adam moments, Muon momentum)
+        assert torch.equal(first[k], again[k]), k
+
+
 def test_questions_per_step_do_not_depend_on_the_world_size():
     """Ranks split a step's questions, and sampling seeds are functions of (step, question index): two ranks
     sample exactly what one process samples, so DDP's averaged gradient is the single-process one."""

@@ -50,6 +50,36 @@ def test_loss_ignores_masked_positions():
     assert sft_loss(logits, ta).item() == pytest.approx(sft_loss(other, ta).item())
 
 
+def test_model_sum_loss_ignores_masked_targets():
+    """chat_sft trains through the model's own loss, `model(x, y, loss_reduction="sum")` / count, not sft_loss:
+    that sum must run over the unmasked positions only."""
+    from nanochat.gpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    model.init_weights()
+    with torch.no_grad():   # init_weights zeroes lm_head (uniform logits): give every position its own logits
+        for p in model.parameters():
+            if p.dim() == 2 and p.abs().max() == 0:
+                p.normal_(0, 0.5)
+    model.eval()
+    x = torch.randint(0, 50, (2, 6))
+    y = torch.tensor([[4, IGNORE_INDEX, 7, 9, IGNORE_INDEX, IGNORE_INDEX],
+                      [IGNORE_INDEX, IGNORE_INDEX, 1, 2, 3, 49]])
+    with torch.no_grad():
+        lsm = torch.log_softmax(model(x), -1)
+        kept = (y != IGNORE_INDEX).nonzero().tolist()
+        want = -sum(lsm[b, t, y[b, t]] for b, t in kept)
+        total = model(x, y, loss_reduction="sum")
+        assert total.item() == pytest.approx(want.item(), rel=1e-5)
+        # the masked positions would add to the loss if they were counted: the check above can tell
+        assert model(x, y.clamp(min=0), loss_reduction="sum").item() > total.item() + 1.0
+        # a new token at the last position changes only that position's logits (causal), whose target is masked
+        x2 = x.clone()
+        x2[0, -1] = (x[0, -1] + 1) % 50
+        assert not torch.allclose(torch.log_softmax(model(x2), -1)[0, -1], lsm[0, -1])
+        assert model(x2, y, loss_reduction="sum").item() == pytest.approx(total.item(), rel=1e-6)
+
+
 # ---- the chat renderer's mask on hand-made conversations -----------------------------------------------------------
 
 def test_render_mask_hand_made(tiny_tokenizer, monkeypatch):

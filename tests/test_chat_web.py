@@ -30,25 +30,30 @@ class ChatByteTokenizer(ByteTokenizer):
 
 
 class SlowModel(torch.nn.Module):
-    """The tiny GPT, slowed to `delay` seconds a forward pass, counting its calls (to see a worker stop)."""
+    """The tiny GPT, slowed to `delay` seconds a forward pass, counting its calls (to see a worker stop).
 
-    def __init__(self, inner, delay):
+    Token ids in `never` get logit -inf, so a test can rule out the model ending its answer by itself."""
+
+    def __init__(self, inner, delay, never=()):
         super().__init__()
-        self.inner, self.config, self.delay, self.calls = inner, inner.config, delay, 0
+        self.inner, self.config, self.delay, self.calls, self.never = inner, inner.config, delay, 0, list(never)
 
     def forward(self, idx, kv_cache=None):
         self.calls += 1
         time.sleep(self.delay)
-        return self.inner(idx, kv_cache=kv_cache)
+        logits = self.inner(idx, kv_cache=kv_cache)
+        if self.never:
+            logits[..., self.never] = float("-inf")
+        return logits
 
 
-def make_server(n_workers=2, delay=0.0, seq=256, limits=None):
+def make_server(n_workers=2, delay=0.0, seq=256, limits=None, never=()):
     tok = ChatByteTokenizer()
     workers = []
     for i in range(n_workers):
         model = tiny_model(seq=seq)
         if delay:
-            model = SlowModel(model, delay)
+            model = SlowModel(model, delay, never)
         workers.append(Worker(i, Engine(model, tok, fast=False), tok, "cpu"))
     server = ServerThread(create_app(workers, limits=limits), port=free_port()).start()
     return server, workers
@@ -93,7 +98,7 @@ def test_sse_stream(server):
     assert "".join(again) == "".join(tokens)
 
 
-def test_websocket_stream_and_stop(server):
+def test_websocket_stream_and_errors(server):
     ws_url = server.url.replace("http://", "ws://") + "/ws"
     with connect(ws_url) as ws:
         ws.send(json.dumps(chat_body()))
@@ -109,14 +114,33 @@ def test_websocket_stream_and_stop(server):
         ws.send("{not json")
         err = json.loads(ws.recv(timeout=10))
         assert err["type"] == "error" and err["status"] == 400
-        ws.send(json.dumps(chat_body(max_tokens=200, temperature=1.0)))
-        assert json.loads(ws.recv(timeout=10))["type"] == "start"
-        ws.send(json.dumps({"type": "stop"}))
-        while True:
-            msg = json.loads(ws.recv(timeout=30))
-            if msg["type"] == "done":
-                break
-        assert msg["finish_reason"] in ("cancelled", "stop", "length")
+
+
+def test_websocket_stop_cancels_a_running_generation():
+    """Only "cancelled" is a pass: the model can't end its answer (its stop tokens are banned) and 200 tokens at
+    0.05 s each take 10 s, so neither "stop" nor "length" can come before the stop message does its work."""
+    tok = ChatByteTokenizer()
+    srv, workers = make_server(n_workers=1, delay=0.05,
+                               never=[tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()])
+    try:
+        model = workers[0].engine.model
+        with connect(srv.url.replace("http://", "ws://") + "/ws") as ws:
+            ws.send(json.dumps(chat_body(max_tokens=200, temperature=1.0)))
+            assert json.loads(ws.recv(timeout=10))["type"] == "start"
+            while json.loads(ws.recv(timeout=10))["type"] != "token":
+                pass           # a token arrived: the generation is running
+            ws.send(json.dumps({"type": "stop"}))
+            while (msg := json.loads(ws.recv(timeout=30)))["type"] != "done":
+                pass
+            assert msg["finish_reason"] == "cancelled"
+            assert model.calls < 100, "the model ran on after the stop message"
+            # the socket and the worker serve the next request
+            ws.send(json.dumps(chat_body(max_tokens=3)))
+            while (msg := json.loads(ws.recv(timeout=30)))["type"] != "done":
+                pass
+            assert msg["finish_reason"] == "length"
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("body,status", [
