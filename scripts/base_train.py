@@ -53,7 +53,8 @@ def get_args(argv=None):
     a("--unembedding-lr", type=float, default=0.004)
     a("--matrix-lr", type=float, default=0.02)
     a("--weight-decay", type=float, default=0.0)
-    a("--grad-clip", type=float, default=0.0, help="max grad norm (0 = off)")
+    a("--grad-clip", type=float, default=0.0,
+      help="max grad norm (0 = off); under DDP each rank clips its own gradient before the optimizers average them")
     a("--warmup-ratio", type=float, default=0.0)
     a("--warmdown-ratio", type=float, default=0.2)
     a("--final-lr-frac", type=float, default=0.0)

@@ -102,6 +102,58 @@ def test_torchrun_two_gloo_processes(train_env, base_dir):
     assert len(losses) == 4 and losses[4] < losses[1]
 
 
+STEP_WORKER = r"""
+import json, sys, torch, torch.distributed as dist
+from nanochat.common import compute_init
+from nanochat.gpt import GPT, config_for_depth
+from nanochat.muon import setup_optimizers
+ddp, rank, _, world, _ = compute_init("cpu")
+def init():
+    torch.manual_seed(0)
+    model = GPT(config_for_depth(2, vocab_size=256, sequence_len=32))
+    model.init_weights()
+    return model
+def train(rows_of_micro_steps):
+    # base_train's step: each micro-step's mean loss / accum, backward, then the (Dist)Muon + (Dist)AdamW step
+    model = init()
+    opts = setup_optimizers(model)
+    g = torch.Generator().manual_seed(7)
+    losses = []
+    for step in range(3):
+        data = torch.randint(0, 256, (4, 33), generator=g)           # the global batch: 4 rows of T + 1
+        for rows in rows_of_micro_steps:
+            loss = model(data[rows, :-1], data[rows, 1:])
+            (loss / len(rows_of_micro_steps)).backward()
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return model, losses
+# two ranks: rank r holds rows 2r, 2r+1 (one micro-step); the optimizers average the two gradients
+model, _ = train([[2 * rank, 2 * rank + 1]])
+if rank == 0:
+    dist.destroy_process_group()    # one process, same 4 rows as two micro-steps of gradient accumulation
+    ref, _ = train([[0, 1], [2, 3]])
+    diff = max((a - b).abs().max().item() for a, b in zip(model.parameters(), ref.parameters()))
+    moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), init().parameters()))
+    json.dump({"diff": diff, "moved": moved}, open(sys.argv[1], "w"))
+else:
+    dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_ranks_train_like_one_process_with_accumulation(tmp_path):
+    """The total batch split over 2 DDP ranks gives the weights of one process that accumulates the same rows
+    (what issue 10's 2-GPU run could not show: its two loaders read different documents than one loader does)."""
+    from helpers import run_torchrun
+    script, out = tmp_path / "worker.py", tmp_path / "out.json"
+    script.write_text(STEP_WORKER)
+    run_torchrun(script, out, timeout=240)
+    res = json.loads(out.read_text())
+    assert res["moved"] > 1e-3, res                  # three steps really changed the weights...
+    assert res["diff"] < 1e-5, res                   # ...the same way (0.0 on the CPU: bit for bit)
+
+
 @pytest.mark.parametrize("where", ["evaluation", "micro-step"])
 def test_out_of_memory_names_the_next_device_batch(train_env, base_dir, monkeypatch, where):
     # the real loop, in process, with a model whose forward runs out of memory (in eval first, or when training)
