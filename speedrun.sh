@@ -18,6 +18,7 @@
 #   d32    ~1.9B params                                    more than a day on 8xH100
 # Other knobs: NANOCHAT_BASE_DIR (artifacts; cpu/smoke default to ~/.cache/nanochat/speedrun-<tier>),
 # NPROC (GPUs to use), WANDB_RUN (wandb run name; default off), SKIP_SETUP=1 (use the current .venv as is),
+# FORCE=1 (rerun stages an earlier run of the same commands finished; by default they are skipped),
 # SKIP_RL=1 (stop after SFT), FP8=1 (GPU tiers: pretrain with fp8 matmuls, nanochat/fp8.py; +23% tok/s
 # at d20 on one H100, benchmarks/RESULTS.md).
 set -euo pipefail
@@ -98,10 +99,25 @@ CORE_ARGS=()
 iters() { [ "$1" -gt 0 ] && echo "--num-iterations $1" || true; }
 
 # ---------------------------------------------------------------------------------------------- stage runner
+# A second run is fast: a stage whose exact command already finished (a marker in speedrun_done/) is skipped,
+# until the first stage that has to run; from there on everything runs, since it reads that stage's output.
+# FORCE=1 runs every stage.
 TIMINGS="$NANOCHAT_BASE_DIR/speedrun_timings.tsv"
+DONE="$NANOCHAT_BASE_DIR/speedrun_done"
+mkdir -p "$DONE"
 : > "$TIMINGS"
-stage() {   # stage NAME command... : run, time, and stop the run on failure with the stage's name
+REDO=${FORCE:-0}
+stage() {   # stage NAME command... : run (or skip, see above), time, and stop the run on failure with its name
   local name=$1; shift
+  local marker="$DONE/$name"
+  if [ "$REDO" != 1 ] && [ -f "$marker" ] && [ "$(head -n 1 "$marker")" = "$*" ]; then
+    local prev; prev=$(sed -n 2p "$marker")
+    echo; echo "=== [$TIER] $name: done by an earlier run of the same command (${prev}s); skipped (FORCE=1 redoes it)"
+    printf '%s\t%s\n' "$name" "$prev (earlier run)" >> "$TIMINGS"
+    return 0
+  fi
+  REDO=1
+  rm -f "$marker"
   echo; echo "=== [$TIER] $name: $*"
   local t0; t0=$(date +%s)
   if ! "$@"; then
@@ -110,13 +126,16 @@ stage() {   # stage NAME command... : run, time, and stop the run on failure wit
   fi
   local dt=$(( $(date +%s) - t0 ))
   printf '%s\t%s\n' "$name" "$dt" >> "$TIMINGS"
+  printf '%s\n%s\n' "$*" "$dt" > "$marker"
   echo "=== [$TIER] $name done in ${dt}s"
 }
 have() { [ -f "scripts/$1.py" ] || { echo "speedrun: scripts/$1.py not present; skipping"; return 1; }; }
 
 # ---------------------------------------------------------------------------------------------- setup
 if [ "${SKIP_SETUP:-0}" != 1 ]; then
+  REDO_BEFORE=$REDO; REDO=1      # setup always runs (it is idempotent and fast when done) and invalidates nothing
   stage setup bash dev/setup.sh
+  REDO=$REDO_BEFORE
 fi
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 if [ "$NPROC" -gt 1 ] && [ "${DEV[1]}" = cuda ]; then
@@ -124,7 +143,8 @@ if [ "$NPROC" -gt 1 ] && [ "${DEV[1]}" = cuda ]; then
 else
   RUN=("$PY" -m)
 fi
-"$PY" -m nanochat.report reset
+# a fresh report card, unless earlier stages are about to be skipped: their sections stay, later ones are rewritten
+if [ "$REDO" = 1 ] || [ ! -f "$DONE/data" ]; then "$PY" -m nanochat.report reset; fi
 
 # ---------------------------------------------------------------------------------------------- data
 # The first shards now (the tokenizer needs ~2B chars = 8 shards); the rest in the background while it trains.

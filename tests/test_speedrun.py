@@ -49,6 +49,32 @@ def test_tier_follows_the_gpu_count(tmp_path, ngpu, tier):
     assert not (tmp_path / "base" / "speedrun_timings.tsv").exists()      # nothing ran
 
 
+def test_a_second_run_skips_what_the_first_finished(tmp_path):
+    # the pipeline's logic with a stand-in python that records each command: a rerun skips finished stages, a
+    # changed command reruns from its stage on, FORCE=1 reruns everything
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    fake.chmod(0o755)
+    base = tmp_path / "base"
+    env = {"TIER": "smoke", "SKIP_SETUP": "1", "PYTHON": str(fake), "NANOCHAT_BASE_DIR": str(base),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+    def stages_run(**extra):
+        calls.write_text("")
+        proc = run({**env, **extra})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return [line.split()[1] for line in calls.read_text().splitlines() if line.startswith("-m scripts.")]
+
+    first = stages_run()
+    assert first[:3] == ["scripts.tok_train", "scripts.tok_eval", "scripts.base_train"] and len(first) == 11
+    assert stages_run() == []                                          # everything was done
+    timings = (base / "speedrun_timings.tsv").read_text()
+    assert timings.count("(earlier run)") == 12, timings               # data + the 11 above
+    assert stages_run(WANDB_RUN="x") == first[2:]                      # base_train's command changed: from there on
+    assert stages_run(FORCE="1") == first
+
+
 @pytest.mark.slow
 def test_smoke_tier_end_to_end(tmp_path):
     if not HAVE_SHARED:
