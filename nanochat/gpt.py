@@ -257,7 +257,8 @@ class GPT(nn.Module):
                              f"({self.rotary_seq_len} = {self.rotary_multiple} x sequence_len "
                              f"{self.config.sequence_len}); the model was trained on {self.config.sequence_len}")
         # Checked on the CPU only: on a GPU it would cost a host sync per forward (the embedding's device-side
-        # bounds check still catches bad ids there).
+        # bounds check still catches bad ids there, as an opaque CUDA assert). The entry points that take ids
+        # from outside -- GPT.generate, Engine.generate(_batch) -- check their Python lists on the host instead.
         if idx.device.type == "cpu" and not torch.compiler.is_compiling() and idx.numel() > 0:
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= self.config.vocab_size:
@@ -295,6 +296,9 @@ class GPT(nn.Module):
         Each step re-runs the whole (cropped) context, so it costs O(T^2) per token: fine for tests and chapters.
         """
         assert isinstance(tokens, list) and len(tokens) > 0
+        if min(tokens) < 0 or max(tokens) >= self.config.vocab_size:   # on the host, so a GPU model says it too
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); "
+                             f"got min {min(tokens)}, max {max(tokens)}")
         device = self.get_device()
         rng = None
         if temperature > 0:

@@ -130,6 +130,18 @@ def test_context_limit_stops_generation(tok):
         list(engine.generate(list(range(16)), max_tokens=4))
 
 
+@pytest.mark.parametrize("bad", [[1, 2, 10_000], [-1, 5]])
+def test_bad_token_ids_are_refused_on_the_host(tok, bad, monkeypatch):
+    # before any tensor reaches the model: on a GPU the model's own check would be an opaque device assert
+    model = tiny_model()
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran on bad ids"))
+    for run in (lambda: list(Engine(model, tok, fast=False).generate(bad, max_tokens=2)),
+                lambda: Engine(model, tok, fast=False).generate_batch(bad, max_tokens=2),
+                lambda: list(model.generate(bad, max_tokens=2))):
+        with pytest.raises(ValueError, match=r"token ids must lie in \[0, "):
+            run()
+
+
 def test_sample_next_token_top_k():
     logits = torch.tensor([[0.0, 5.0, 4.0, -1.0]])
     rng = torch.Generator().manual_seed(0)
