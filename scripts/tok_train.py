@@ -22,8 +22,18 @@ from nanochat.tokenizer import SPECIAL_TOKENS, RustBPETokenizer, compute_token_b
 
 
 def text_iterator(max_chars: int, doc_cap: int, stats: dict):
-    """Documents of the train split, each cut to `doc_cap` chars, until `max_chars` have been yielded."""
+    """Documents of the train split, each cut to `doc_cap` chars, until `max_chars` have been yielded. Prints a
+    progress line at every tenth of `max_chars` (rustbpe counts the text as it arrives), and one when it ends,
+    after which rustbpe learns its merges."""
     from nanochat.dataset import parquets_iter_batched
+
+    t0, step = time.time(), max(1, max_chars // 10)
+    next_report = step
+
+    def report(what):
+        dt = time.time() - t0
+        print0(f"{what}: {stats['chars']:,} of {max_chars:,} chars ({100 * stats['chars'] / max_chars:.0f}%) "
+               f"from {stats['docs']:,} docs in {dt:.1f}s ({stats['chars'] / max(dt, 1e-9) / 1e6:.1f}M chars/s)")
 
     for batch in parquets_iter_batched(split="train"):
         for doc in batch:
@@ -32,7 +42,12 @@ def text_iterator(max_chars: int, doc_cap: int, stats: dict):
             stats["chars"] += len(doc)
             yield doc
             if stats["chars"] >= max_chars:
+                report("read all; learning the merges")
                 return
+            if stats["chars"] >= next_report:
+                report("read")
+                next_report += step
+    report("the data ran out; learning the merges")
 
 
 def main(argv=None):

@@ -192,6 +192,22 @@ def test_tok_train_leaves_nothing_when_the_data_fails(base_dir, monkeypatch):
     assert not os.path.exists(base_dir / "tokenizer") or os.listdir(base_dir / "tokenizer") == []
 
 
+def test_tok_train_reports_its_reading_progress(monkeypatch, capsys):
+    import nanochat.dataset
+    import scripts.tok_train as tok_train
+    monkeypatch.setattr(nanochat.dataset, "parquets_iter_batched",
+                        lambda split: iter([["x" * 100] * 10] * 100))           # 100 batches of ten 100-char docs
+    stats = {"docs": 0, "chars": 0}
+    docs = list(tok_train.text_iterator(50_000, 10_000, stats))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(docs) == 500 and stats == {"docs": 500, "chars": 50_000}
+    assert [line.split(":")[0] for line in lines] == ["read"] * 9 + ["read all; learning the merges"]
+    assert lines[0].startswith("read: 5,000 of 50,000 chars (10%) from 50 docs")
+    stats = {"docs": 0, "chars": 0}
+    list(tok_train.text_iterator(10 ** 9, 10_000, stats))                      # more than the data holds
+    assert capsys.readouterr().out.splitlines()[-1].startswith("the data ran out; learning the merges: 100,000 of")
+
+
 def test_tok_train_rejects_tiny_vocab(base_dir, capsys):
     import scripts.tok_train as tok_train
     with pytest.raises(SystemExit):
