@@ -92,8 +92,13 @@ def setup(seed: int = 42) -> None:
           f"artifacts={os.environ['NANOCHAT_BASE_DIR']}")
 
 
+def _log_path(module: str) -> str:
+    return os.path.join(get_base_dir(), "logs", f"{module}.log")
+
+
 def _run(module: str, *args) -> None:
-    """Run one of the real scripts as a subprocess, show its tail, and fail loudly with its output."""
+    """Run one of the real scripts as a subprocess, show its tail, keep its whole output (script_log), and fail
+    loudly with its output."""
     cmd = [sys.executable, "-m", module, *map(str, args)]
     print("$", " ".join(cmd[1:]))
     t0 = time.time()
@@ -102,8 +107,20 @@ def _run(module: str, *args) -> None:
     out = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode != 0:
         raise RuntimeError(f"{module} failed (exit {proc.returncode}):\n" + "\n".join(out[-40:]))
+    os.makedirs(os.path.dirname(_log_path(module)), exist_ok=True)
+    with open(_log_path(module), "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
     print("\n".join(out[-8:]))
     print(f"({module} took {time.time() - t0:.1f}s)")
+
+
+def script_log(module: str) -> list[str]:
+    """The output lines of the last run of `module` by a chapter at this scale ([] if none has run here)."""
+    try:
+        with open(_log_path(module), encoding="utf-8") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def _has_checkpoint(folder: str) -> bool:
