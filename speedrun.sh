@@ -10,7 +10,7 @@
 #                                         (found by itself in ../shared/data when the hub is unreachable)
 #
 # Tiers (time and cost as measured or as the series reports them; see chapter 10):
-#   smoke  every stage for a few steps, depth 2            3.6 CPU-min; 15 min wall on a shared 2-core box (load 17)
+#   smoke  every stage for a few steps, depth 2            60 s wall on 2 idle cores, venv in place (2026-12-08)
 #   cpu    depth 4, a real (small) run end to end          9 min 27 s on 2 CPU cores, venv in place (README)
 #   d12    186M params, 20 tokens/param (3.7B tokens)      pretraining ~2.3 h on one H100 (456k tok/s; FP8=1 519k: 2 h)
 #   d20    561M params, 20 tokens/param (the "$100" run)   ~4 h on 8xH100 (~$24/h)
