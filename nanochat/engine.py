@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat import kernels
+from nanochat.gpt import check_token_ids
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,9 +292,7 @@ class Engine:
     def generate(self, tokens, num_samples=1, max_tokens=None, temperature=1.0, top_k=None, seed=42):
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) for t in tokens):
             raise TypeError("tokens must be a non-empty list of ints")
-        vocab = self.model.config.vocab_size
-        if min(tokens) < 0 or max(tokens) >= vocab:      # here, on the host: on a GPU the model cannot say it clearly
-            raise ValueError(f"token ids must lie in [0, {vocab}); got min {min(tokens)}, max {max(tokens)}")
+        check_token_ids(min(tokens), max(tokens), self.model.config.vocab_size)   # on the host, before any tensor
         device = _model_device(self.model)
         context = self.model.config.sequence_len
         if len(tokens) >= context:

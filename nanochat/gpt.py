@@ -90,6 +90,12 @@ def count_params(config: GPTConfig) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 
+def check_token_ids(lo: int, hi: int, vocab_size: int) -> None:
+    """Ids outside [0, vocab) get a clear error (on a GPU the embedding would fail with an opaque device assert)."""
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}); got min {lo}, max {hi}")
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free RMSNorm over the last dimension."""
     return F.rms_norm(x, (x.size(-1),))
@@ -260,9 +266,7 @@ class GPT(nn.Module):
         # bounds check still catches bad ids there, as an opaque CUDA assert). The entry points that take ids
         # from outside -- GPT.generate, Engine.generate(_batch) -- check their Python lists on the host instead.
         if idx.device.type == "cpu" and not torch.compiler.is_compiling() and idx.numel() > 0:
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got min {lo}, max {hi}")
+            check_token_ids(int(idx.min()), int(idx.max()), self.config.vocab_size)
         cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
         x = self.transformer.wte(idx)                                  # (B, T, C), fp32 parameters
         dev = x.device.type
@@ -296,9 +300,7 @@ class GPT(nn.Module):
         Each step re-runs the whole (cropped) context, so it costs O(T^2) per token: fine for tests and chapters.
         """
         assert isinstance(tokens, list) and len(tokens) > 0
-        if min(tokens) < 0 or max(tokens) >= self.config.vocab_size:   # on the host, so a GPU model says it too
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); "
-                             f"got min {min(tokens)}, max {max(tokens)}")
+        check_token_ids(min(tokens), max(tokens), self.config.vocab_size)   # on the host: says it on a GPU too
         device = self.get_device()
         rng = None
         if temperature > 0:
