@@ -86,16 +86,16 @@ except Exception:
 def _landlock(workdir):
     # Linux >= 5.13: the kernel itself refuses to create, write, truncate, rename or delete anything outside the
     # work dir (whatever Python function asks), and from ABI 4 on to bind or connect TCP sockets, from ABI 6 on
-    # to signal processes outside the sandbox. Unprivileged; a no-op where the kernel lacks it (-1 below).
+    # to signal processes outside the sandbox. Unprivileged; nothing happens where the kernel lacks it.
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     CREATE_RULESET, ADD_RULE, RESTRICT_SELF = 444, 445, 446      # the syscall numbers on x86-64 and arm64
     import platform
     if platform.machine() not in ("x86_64", "aarch64"):
-        return 0
-    abi = libc.syscall(CREATE_RULESET, None, 0, 1)                # flag 1: ask for the ABI version
+        return
+    abi = libc.syscall(CREATE_RULESET, None, 0, 1)                # flag 1: ask for the ABI version (-1: none)
     if abi < 1:
-        return 0
+        return
     fs = sum(1 << b for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))    # write file, remove dir/file, make anything
     fs |= (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)   # refer (cross-dir rename), truncate
     net = 0b11 if abi >= 4 else 0                                  # bind, connect TCP: no rule allows any
@@ -104,21 +104,20 @@ def _landlock(workdir):
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     fd = libc.syscall(CREATE_RULESET, ctypes.byref(attr), size, 0)
     if fd < 0:
-        return 0
+        return
     class PathBeneath(ctypes.Structure):
         _pack_ = 1
         _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
     dir_fd = os.open(workdir, os.O_PATH | os.O_CLOEXEC)
     rule = PathBeneath(fs, dir_fd)
-    ok = libc.syscall(ADD_RULE, fd, 1, ctypes.byref(rule), 0) == 0      # 1: a rule for a directory tree
-    ok = ok and libc.prctl(38, 1, 0, 0, 0) == 0                         # PR_SET_NO_NEW_PRIVS, required
-    ok = ok and libc.syscall(RESTRICT_SELF, fd, 0) == 0
+    if libc.syscall(ADD_RULE, fd, 1, ctypes.byref(rule), 0) == 0:        # 1: a rule for a directory tree
+        if libc.prctl(38, 1, 0, 0, 0) == 0:                              # PR_SET_NO_NEW_PRIVS, required
+            libc.syscall(RESTRICT_SELF, fd, 0)
     os.close(dir_fd); os.close(fd)
-    return abi if ok else 0
 try:
-    landlock_abi = _landlock(cfg["workdir"])
-except Exception:
-    landlock_abi = 0
+    _landlock(cfg["workdir"])
+except Exception:                           # the Python guards below still apply
+    pass
 mem = cfg["max_memory"]
 if mem:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -163,9 +162,10 @@ def _guard():
     workdir, own_proc = os.path.realpath(cfg["workdir"]), f"/proc/{os.getpid()}/"
     real_open, real_os_open = io.open, os.open
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    def check(file, writing, dir_fd=None):
-        if dir_fd is not None and writing:   # a path relative to an open directory would dodge the test below
+    def no_dir_fd(kwargs):                  # a path relative to an open directory would dodge check()'s test
+        if any(kwargs.get(k) is not None for k in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
             raise PermissionError("writing relative to a directory fd is disabled in the nanochat sandbox")
+    def check(file, writing):
         if isinstance(file, int):
             return
         path = os.path.realpath(os.fsdecode(file))
@@ -177,14 +177,15 @@ def _guard():
         check(file, any(c in mode for c in "wax+"))
         return real_open(file, mode, *args, **kwargs)
     def safe_os_open(path, flags, *args, **kwargs):
-        check(path, bool(flags & write_flags), kwargs.get("dir_fd"))
+        if flags & write_flags:
+            no_dir_fd(kwargs)
+        check(path, bool(flags & write_flags))
         return real_os_open(path, flags, *args, **kwargs)
     builtins.open = io.open = safe_open
     os.open = safe_os_open
     def inside_only(fn, name):              # deleting/renaming is fine inside the work dir (tempfile needs it)
         def wrapper(*paths, **kwargs):
-            for key in ("dir_fd", "src_dir_fd", "dst_dir_fd"):
-                check("", True, kwargs.get(key))
+            no_dir_fd(kwargs)
             for p in paths[:2]:
                 if not isinstance(p, int):
                     check(p, True)
